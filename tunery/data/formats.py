@@ -182,16 +182,16 @@ def _parse_contents(obj: dict, sink: _Sink) -> Example | None:
 
 
 def _check_role(item: dict, ptr: str, allowed: tuple[str, ...], sink: _Sink, hint_for: dict[str, str]) -> str | None:
-    expected = " or ".join(f'"{r}"' for r in allowed)
     role = item.get("role")
+    if role in allowed:
+        return role
+    expected = " or ".join(f'"{r}"' for r in allowed)
     if role is None:
         sink.error(f"{ptr}/role", "missing_role", f"expected role {expected}, found " + ("null" if "role" in item else "no role"))
         return None
-    if role not in allowed:
-        sink.error(f"{ptr}/role", "invalid_role", f"expected role {expected}, found {role!r}",
-                   hint_for.get(role, "") if isinstance(role, str) else "")
-        return None
-    return role
+    sink.error(f"{ptr}/role", "invalid_role", f"expected role {expected}, found {role!r}",
+               hint_for.get(role, "") if isinstance(role, str) else "")
+    return None
 
 
 # ---------------------------------------------------------------- "messages" (legacy Vertex and OpenAI)

@@ -25,11 +25,8 @@ class Example:
 
     def fingerprint(self) -> int:
         """64-bit content hash: equal for the same conversation in any file format."""
-        h = hashlib.blake2b(digest_size=8)
-        h.update((self.system or "").encode("utf-8", "surrogatepass"))
-        for t in self.turns:
-            h.update(b"\x00" + t.role.encode() + b"\x01" + t.text.encode("utf-8", "surrogatepass"))
-        return int.from_bytes(h.digest(), "little")
+        blob = "\x00".join([self.system or ""] + [f"{t.role}\x01{t.text}" for t in self.turns])
+        return int.from_bytes(hashlib.blake2b(blob.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
     @property
     def reference(self) -> str:

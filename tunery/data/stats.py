@@ -41,9 +41,9 @@ class StatsAccumulator:
     """Collects per-example counts; `result()` turns them into the Vertex stats object."""
 
     def __init__(self) -> None:
-        self.input_tokens = array("q")  # non-supervised tokens: system, user turns, template markup
-        self.output_tokens = array("q")  # supervised tokens: model turns and their end-of-turn tokens
-        self.user_messages = array("q")
+        self.input_tokens = array("i")  # non-supervised tokens: system, user turns, template markup
+        self.output_tokens = array("i")  # supervised tokens: model turns and their end-of-turn tokens
+        self.user_messages = array("i")
         self.characters = 0
         self.truncated = array("q")  # 0-based indices of examples longer than the token limit
         self.dropped: Counter[str] = Counter()
@@ -82,14 +82,14 @@ class StatsAccumulator:
                 f"{reason}: {count} example{'s' if count > 1 else ''}"
                 + (f", first at line {self.first_dropped_line[reason]}" if reason in self.first_dropped_line else "")
                 for reason, count in sorted(self.dropped.items())],
-            "userMessagePerExampleDistribution": distribution(np.frombuffer(self.user_messages, dtype=np.int64)),
+            "userMessagePerExampleDistribution": distribution(np.frombuffer(self.user_messages, dtype=np.int32)),
             "userDatasetExamples": [c for ex in self.samples for c in to_contents(ex)["contents"]],
         }
         if batch_size:
             stats["tuningStepCount"] = math.ceil(n / batch_size) * epochs
         if len(self.output_tokens) == n and n:  # token counts were measured
-            inp = np.frombuffer(self.input_tokens, dtype=np.int64)
-            out = np.frombuffer(self.output_tokens, dtype=np.int64)
+            inp = np.frombuffer(self.input_tokens, dtype=np.int32).astype(np.int64)
+            out = np.frombuffer(self.output_tokens, dtype=np.int32).astype(np.int64)
             total = int(inp.sum() + out.sum())
             stats["totalBillableTokenCount"] = total * epochs
             stats["userInputTokenDistribution"] = distribution(inp)

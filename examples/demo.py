@@ -1,0 +1,69 @@
+"""`make demo`: the main job on the bundled alert-summary sample, through the real `tunery` CLI.
+
+Today this is the dataset part of the flow (validate -> catch errors -> convert -> stats -> inspect); tuning,
+serving and evaluation join it as they land. Each step prints the command it runs, so you can copy it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "examples" / "data"
+OUT = REPO / "out" / "demo"
+
+
+def tunery(*args: str, check: bool = True) -> int:
+    print(f"\n$ tunery {' '.join(shlex.quote(a) for a in args)}", flush=True)
+    code = subprocess.call([sys.executable, "-m", "tunery.cli", *args], cwd=REPO)
+    if check and code != 0:
+        sys.exit(f"demo step failed with exit code {code}")
+    return code
+
+
+def broken_copy(src: Path, dst: Path) -> None:
+    """The sample with three typical mistakes, to show what validation catches before any compute is spent."""
+    lines = src.read_text(encoding="utf-8").splitlines()
+    first = json.loads(lines[4])
+    first["messages"][1]["role"] = "assistant "  # a stray space in the role
+    second = json.loads(lines[9])
+    second["messages"][1]["content"] = "  "  # an empty answer
+    lines[4], lines[9] = json.dumps(first), json.dumps(second)
+    lines[14] = lines[14][: len(lines[14]) // 2]  # a line cut in half
+    lines.append(lines[20])  # a duplicate
+    dst.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    print("== 1. Validate the sample (the blog's alert-summary task, legacy `messages` format)")
+    tunery("validate", str(DATA / "alerts_train.jsonl"), "--validation", str(DATA / "alerts_val.jsonl"))
+
+    print("\n== 2. What validation catches: a copy with a bad role, an empty answer, a cut line and a duplicate")
+    broken = OUT / "alerts_train_broken.jsonl"
+    broken_copy(DATA / "alerts_train.jsonl", broken)
+    code = tunery("validate", str(broken), check=False)
+    print(f"(exit status {code}: errors found, nothing would be trained)")
+
+    print("\n== 3. Convert to the Gemini `contents` format (the seed notebook's conversion step)")
+    for name in ("alerts_train", "alerts_val"):
+        tunery("convert", str(DATA / f"{name}.jsonl"), str(OUT / f"{name}.contents.jsonl"), "--to", "contents")
+    tunery("convert", str(DATA / "alerts_test.csv"), str(OUT / "alerts_test.contents.jsonl"), "--to", "contents")
+
+    print("\n== 4. Vertex-style dataset statistics for 3 epochs (tokens from the base model's tokenizer)")
+    tunery("stats", str(OUT / "alerts_train.contents.jsonl"), "--epochs", "3", "--batch-size", "8",
+           "--base-model", "gemini-2.0-flash-001")
+
+    print("\n== 5. How one example is rendered for training (highlighted tokens carry the loss)")
+    tunery("inspect", str(OUT / "alerts_train.contents.jsonl"), "--line", "1")
+    print(f"\nDone. Converted files are in {OUT.relative_to(REPO)}/")
+
+
+if __name__ == "__main__":
+    main()
