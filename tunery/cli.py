@@ -224,6 +224,89 @@ def inspect_cmd(file, line_no, base_model, max_length, input_column, output_colu
     raise TuneryError(f"{file}: no example" + (f" on line {line_no}" if line_no else ""))
 
 
+@cli.command("tune")
+@click.option("--local", is_flag=True, help="Run the tuning in this process (no server).")
+@click.option("--train", "train_file", required=True, type=click.Path(dir_okay=False), help="Training dataset.")
+@click.option("--validation", type=click.Path(dir_okay=False), help="Validation dataset (eval metrics during tuning).")
+@click.option("--base-model", help="Registry name, Gemini alias, local model dir or hub id (default: the configured default).")
+@click.option("--epochs", type=int, help="Passes over the data (default: chosen from the dataset size).")
+@click.option("--learning-rate-multiplier", type=float, default=1.0, show_default=True, help="Times the base LoRA learning rate (5e-4).")
+@click.option("--learning-rate", type=float, help="Absolute peak learning rate (overrides the multiplier).")
+@click.option("--adapter-size", type=int, default=4, show_default=True, help="LoRA rank: 1, 2, 4, 8 or 16.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Examples per optimizer step.")
+@click.option("--max-length", type=int, help="Tokens per example (default: the base model's limit).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--export-last-checkpoint-only", is_flag=True, help="Keep only the final checkpoint.")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Run directory (re-run to resume).")
+@click.option("--save-interval-seconds", type=float, default=60.0, show_default=True,
+              help="Save resume state at least this often (and at every checkpoint).")
+def tune_cmd(local, train_file, validation, base_model, epochs, learning_rate_multiplier, learning_rate, adapter_size,
+             batch_size, max_length, seed, export_last_checkpoint_only, output, save_interval_seconds):
+    """Tune a LoRA adapter on a dataset. Re-running the same command on the same --output resumes after a crash.
+
+    Example: tunery tune --local --train train.jsonl --validation val.jsonl --epochs 3 --output runs/alerts
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tunery.config import TuningConfig
+    from tunery.train.engine import train
+
+    if not local:
+        raise TuneryError("tuning through a server is not available yet", hint="add --local to tune in this process")
+    cfg = TuningConfig(train=train_file, validation=validation, base_model=base_model, epochs=epochs,
+                       learning_rate_multiplier=learning_rate_multiplier, learning_rate=learning_rate,
+                       adapter_size=adapter_size, batch_size=batch_size, max_length=max_length, seed=seed,
+                       export_last_checkpoint_only=export_last_checkpoint_only, output=output,
+                       save_interval_seconds=save_interval_seconds)
+    progress = Progress(TextColumn("[bold]tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                        TimeRemainingColumn(), console=err, transient=False)
+    task = None
+
+    def on_event(e: dict) -> None:
+        nonlocal task
+        if e["event"] == "start":
+            err.print(f"{e['examples']:,} examples, {e['epochs']} epochs, {e['total_steps']} steps on {e['device']} "
+                      f"({e['precision']})" + (f"; resuming from step {e['resumed_from']}" if e["resumed_from"] else ""))
+            progress.start()
+            task = progress.add_task("tune", total=e["total_steps"], completed=e["resumed_from"] or 0, info="")
+        elif e["event"] == "step" and task is not None:
+            info = f"loss {e['/train_total_loss']:.3f} acc {e['/train_fraction_of_correct_next_step_preds']:.2f}"
+            if "/eval_total_loss" in e:
+                info += f" | eval loss {e['/eval_total_loss']:.3f}"
+            progress.update(task, completed=e["step"], info=info)
+        elif e["event"] == "checkpoint":
+            progress.console.print(f"checkpoint {e['checkpointId']} (epoch {e['epoch']}, step {e['step']}): {e['path']}")
+        elif e["event"] == "already_complete":
+            err.print(f"{output} already holds a finished run ({e['steps']} steps)")
+
+    try:
+        result = train(cfg, on_event)
+    finally:
+        progress.stop()
+    final = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+    out.print(f"adapter: {result.output / 'adapter'}\nmetrics: {final}")
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--merged", "merged_out", required=True, type=click.Path(file_okay=False),
+              help="Write the base model with the adapter merged in (safetensors, Hugging Face layout).")
+@click.option("--checkpoint", help="Checkpoint id to export (default: the final adapter).")
+def export_cmd(run_dir, merged_out, checkpoint):
+    """Export a tuned model as a standalone Hugging Face model directory.
+
+    Example: tunery export runs/alerts --merged models/alerts-merged
+    """
+    from tunery.train import checkpoints as ck
+
+    run = Path(run_dir)
+    adapter = run / ck.CHECKPOINTS_DIR / f"checkpoint-{checkpoint}" if checkpoint else run / ck.ADAPTER_DIR
+    if not ck.is_complete(adapter):
+        raise TuneryError(f"{adapter}: no complete adapter here", hint="finish the run first (re-run `tunery tune` to resume)")
+    path = ck.export_merged(adapter, Path(merged_out))
+    out.print(f"merged model written to {path}")
+
+
 def main() -> None:
     cli(prog_name="tunery")
 

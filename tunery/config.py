@@ -46,3 +46,63 @@ def load_settings(root: Path | None = None) -> Settings:
     if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
         raise ConfigError(f"{path}: [aliases]", "expected a table of name = \"model\" strings")
     return Settings(default_base_model=default, aliases=dict(aliases))
+
+
+# ---------------------------------------------------------------- tuning hyperparameters
+
+ADAPTER_SIZES = (1, 2, 4, 8, 16)  # Vertex's ADAPTER_SIZE_ONE..SIXTEEN; the LoRA rank
+DEFAULT_ADAPTER_SIZE = 4  # Vertex's default
+BASE_LEARNING_RATE = 5e-4  # AdamW peak LR at learningRateMultiplier 1.0 (LoRA on small models; see docs/training.md)
+DEFAULT_BATCH_SIZE = 8  # examples per optimizer step
+MAX_EPOCHS = 100
+
+
+def default_epochs(n_examples: int) -> int:
+    """Vertex picks the epoch count from the dataset size; tunery shows the model about 1,000 examples,
+    between 1 and 10 epochs: 100 examples -> 10, 240 -> 5, 1,000 or more -> 1."""
+    return max(1, min(10, -(-1000 // max(1, n_examples))))
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """One supervised tuning run. Field names follow Vertex's hyperParameters where it has them."""
+
+    train: str  # training dataset (any supported format)
+    output: str  # run directory: metrics, checkpoints, the final adapter, manifest.json
+    validation: str | None = None  # evaluated at intervals and at the end
+    base_model: str | None = None  # registry name, Gemini alias, local dir or hub id; None: the default
+    epochs: int | None = None  # None: default_epochs(number of training examples)
+    learning_rate_multiplier: float = 1.0  # times BASE_LEARNING_RATE
+    learning_rate: float | None = None  # absolute peak LR; overrides the multiplier (Vertex's learningRate)
+    adapter_size: int = DEFAULT_ADAPTER_SIZE  # LoRA rank; alpha = 2 x rank
+    batch_size: int = DEFAULT_BATCH_SIZE  # examples per optimizer step
+    max_length: int | None = None  # tokens per example; None: the base model's limit
+    seed: int = 0  # data order and LoRA initialisation
+    export_last_checkpoint_only: bool = False  # keep only the final checkpoint
+    save_interval_seconds: float = 60.0  # resume state is saved at least this often (and at every checkpoint)
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and not 1 <= self.epochs <= MAX_EPOCHS:
+            raise ConfigError("--epochs", f"expected a whole number from 1 to {MAX_EPOCHS}, found {self.epochs}")
+        if not 0 < self.learning_rate_multiplier <= 100:
+            raise ConfigError("--learning-rate-multiplier", f"expected a number in (0, 100], found {self.learning_rate_multiplier}")
+        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
+            raise ConfigError("--learning-rate", f"expected a number in (0, 1), found {self.learning_rate}")
+        if self.adapter_size not in ADAPTER_SIZES:
+            raise ConfigError("--adapter-size", f"expected one of {', '.join(map(str, ADAPTER_SIZES))}, found {self.adapter_size}")
+        if not 1 <= self.batch_size <= 4096:
+            raise ConfigError("--batch-size", f"expected a whole number from 1 to 4096, found {self.batch_size}")
+        if self.max_length is not None and self.max_length < 8:
+            raise ConfigError("--max-length", f"expected at least 8 tokens, found {self.max_length}")
+        if self.save_interval_seconds < 0:
+            raise ConfigError("save_interval_seconds", f"expected >= 0, found {self.save_interval_seconds}")
+
+    @property
+    def peak_learning_rate(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else BASE_LEARNING_RATE * self.learning_rate_multiplier
+
+    def hyperparameters(self, epochs: int) -> dict:
+        """What must match for a run directory to be resumed, and what manifests record."""
+        return {"epochs": epochs, "learning_rate": self.peak_learning_rate, "learning_rate_multiplier": self.learning_rate_multiplier,
+                "adapter_size": self.adapter_size, "lora_alpha": 2 * self.adapter_size, "batch_size": self.batch_size,
+                "max_length": self.max_length, "seed": self.seed, "export_last_checkpoint_only": self.export_last_checkpoint_only}

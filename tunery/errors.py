@@ -49,3 +49,9 @@ class ModelIntegrityError(TuneryError):
     """Model weights on disk are not the bytes we expect (checksum mismatch, pickle-only checkpoint)."""
 
     code = "model_integrity"
+
+
+class TrainingError(TuneryError):
+    """A run cannot continue: non-finite loss, out of memory, an unusable dataset."""
+
+    code = "training_failed"

@@ -304,15 +304,19 @@ def load_model(spec: BaseModelSpec, dtype: str = "float32", device: str = "cpu")
 
 @functools.lru_cache(maxsize=2)
 def _load_model(spec: BaseModelSpec, dtype: str, device: str) -> Any:
+    return load_model_fresh(spec, dtype).to(device).eval()
+
+
+def load_model_fresh(spec: BaseModelSpec, dtype: str = "float32") -> Any:
+    """A new, uncached model instance (training attaches adapters to it). Safetensors only, no remote code."""
     import torch
     from transformers import AutoModelForCausalLM
 
     global _LOADS
     _LOADS += 1
     source = spec.name if spec.kind == "hub" else str(model_dir(spec))
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), use_safetensors=True,
-                                                 trust_remote_code=False)
-    return model.to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), use_safetensors=True,
+                                                trust_remote_code=False)
 
 
 def describe(spec: BaseModelSpec) -> dict[str, Any]:

@@ -1,0 +1,292 @@
+"""Training on the tiny in-process model: loss falls, only LoRA parameters change, metrics are exact, checkpoint
+cadence follows Vertex, a killed run resumes to the same result, and failures are loud and clean."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunery import models
+from tunery.config import TuningConfig, default_epochs
+from tunery.device import Runtime
+from tunery.errors import ConfigError, DatasetError, TrainingError
+from tunery.text.batching import batch_order, collate
+from tunery.train import checkpoints as ck
+from tunery.train import metrics as mt
+from tunery.train.engine import _attach_lora, _forward, _lr_at, train
+from tests.helpers import contents, write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = Runtime("cpu", None)
+
+
+@pytest.fixture
+def data(tmp_path) -> tuple[Path, Path]:
+    """24 training and 8 validation examples of a trivially learnable mapping."""
+    colours = ["red", "green", "blue", "black", "white", "pink", "grey", "brown"]
+    rows = [contents(("user", f"Colour {i}: {c}?"), ("model", f"It is {c}.")) for i, c in enumerate(colours * 4)]
+    return write_jsonl(tmp_path / "train.jsonl", rows[:24]), write_jsonl(tmp_path / "val.jsonl", rows[24:])
+
+
+def cfg(data, out, model_dir, **kw) -> TuningConfig:
+    defaults = dict(train=str(data[0]), validation=str(data[1]), base_model=str(model_dir), output=str(out),
+                    epochs=3, batch_size=4, learning_rate=5e-3)
+    return TuningConfig(**(defaults | kw))
+
+
+# ---------------------------------------------------------------- pure pieces
+
+def test_checkpoint_cadence_follows_vertex():
+    assert ck.schedule(3, 5) == {5: 1, 10: 2, 15: 3}
+    assert list(ck.schedule(12, 2).values()) == [1, 2, 4, 5, 6, 7, 8, 10, 11, 12]  # ~10 evenly spaced + final
+    assert list(ck.schedule(25, 1).values())[-1] == 25 and len(ck.schedule(25, 1)) == 10
+    assert ck.schedule(12, 2, last_only=True) == {24: 12}
+
+
+def test_default_epochs_rule():
+    assert [default_epochs(n) for n in (10, 100, 240, 999, 1000, 50_000)] == [10, 10, 5, 2, 1, 1]
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    lrs = [_lr_at(s, 40, 1.0) for s in range(40)]
+    assert lrs[0] == 0.5 and lrs[1] == 1.0  # 2 warmup steps (5% of 40)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] == pytest.approx(1 / 38)
+
+
+def test_batch_order_is_deterministic_complete_and_length_grouped():
+    lengths = [(i * 37) % 100 for i in range(100)]
+    a, b = batch_order(lengths, 8, seed=1, epoch=2), batch_order(lengths, 8, seed=1, epoch=2)
+    assert a == b and a != batch_order(lengths, 8, seed=1, epoch=3)
+    assert sorted(i for batch in a for i in batch) == list(range(100)) and len(a) == 13
+    spread = sum(max(lengths[i] for i in bt) - min(lengths[i] for i in bt) for bt in a) / len(a)
+    assert spread < 15  # vs ~90 for random batches
+
+
+@pytest.mark.parametrize("bad", [dict(adapter_size=3), dict(epochs=0), dict(epochs=-1), dict(batch_size=0),
+                                 dict(learning_rate_multiplier=0), dict(max_length=2)])
+def test_invalid_hyperparameters_are_rejected_naming_the_flag(bad):
+    with pytest.raises(ConfigError) as exc:
+        TuningConfig(train="t.jsonl", output="out", **bad)
+    flag = "--" + next(iter(bad)).replace("_", "-")
+    assert str(exc.value).startswith(flag)
+
+
+# ---------------------------------------------------------------- loss and metrics, by hand
+
+def test_loss_and_token_accuracy_match_a_plain_forward(template, tiny_model_dir):
+    """Our loss/accuracy over supervised positions equal a straightforward masked computation on full logits,
+    and right padding without an attention mask changes nothing for the real tokens."""
+    model = _attach_lora(models.load_model_fresh(models.resolve(str(tiny_model_dir))), 4, 0).eval()
+    from tunery.data.schema import Example, Turn
+
+    rows = template.render_batch([Example((Turn("user", "Hi there"), Turn("model", "Hello! How are you?"))),
+                                  Example((Turn("user", "2+2"), Turn("model", "4")))])
+    ids, labels = collate(rows, template.end_id)
+    with torch.no_grad():
+        loss_sum, correct, n = _forward(model, ids, labels, CPU)
+        expected_loss, expected_correct, expected_n = 0.0, 0, 0
+        for r in rows:  # each example alone, unpadded, through the model's own forward
+            x = torch.tensor([r.input_ids])
+            y = torch.tensor([r.labels])
+            logits = model(input_ids=x).logits[0, :-1]
+            gold = y[0, 1:]
+            sel = gold != -100
+            expected_loss += torch.nn.functional.cross_entropy(logits[sel], gold[sel], reduction="sum").item()
+            expected_correct += int((logits[sel].argmax(-1) == gold[sel]).sum())
+            expected_n += int(sel.sum())
+    assert n == expected_n == sum(r.num_supervised for r in rows) - 0  # every supervised token is predicted once
+    assert correct == expected_correct
+    assert float(loss_sum) == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_only_lora_parameters_change(template, tiny_model_dir):
+    model = _attach_lora(models.load_model_fresh(models.resolve(str(tiny_model_dir))), 4, 0)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    from tunery.data.schema import Example, Turn
+
+    ids, labels = collate(template.render_batch([Example((Turn("user", "a"), Turn("model", "b")))]), template.end_id)
+    for _ in range(3):
+        loss, _, n = _forward(model, ids, labels, CPU)
+        (loss / n).backward()
+        opt.step()
+        opt.zero_grad()
+    changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
+    lora = {k for k, _ in model.named_parameters() if "lora_" in k}
+    assert changed and changed <= lora  # trained parameters moved...
+    assert all(torch.equal(v, before[k]) for k, v in model.named_parameters() if k not in lora)  # ...frozen ones did not
+    assert any("lora_B" in k for k in changed)
+
+
+# ---------------------------------------------------------------- whole runs
+
+def test_a_run_learns_and_writes_vertex_artifacts(data, tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    events = []
+    result = train(cfg(data, out, tiny_model_dir, learning_rate=2e-2, epochs=4), events.append)
+    records = mt.read_metrics(out)
+    assert [r["step"] for r in records] == list(range(1, 25))  # 24 examples / 4 x 4 epochs
+    first, last = records[0][mt.TRAIN_LOSS], records[-1][mt.TRAIN_LOSS]
+    assert last < first * 0.6, (first, last)
+    evals = [r for r in records if mt.EVAL_LOSS in r]
+    assert evals[-1]["step"] == 24 and evals[-1][mt.EVAL_LOSS] < evals[0][mt.EVAL_LOSS]
+    assert set(records[-1]) == {"step", "epoch", mt.TRAIN_LOSS, mt.TRAIN_ACCURACY, mt.TRAIN_PREDICTIONS,
+                                mt.EVAL_LOSS, mt.EVAL_ACCURACY, mt.EVAL_PREDICTIONS}
+    assert records[-1][mt.EVAL_PREDICTIONS] == 8 * 5  # 8 validation answers: "It is <c>." = 4 tokens + <|im_end|>
+    # checkpoints: one per epoch, PEFT layout, manifest with what the run needs to be reproduced
+    assert [(c["checkpointId"], c["epoch"], c["step"]) for c in result.checkpoints] == [("1", 1, 6), ("2", 2, 12), ("3", 3, 18), ("4", 4, 24)]
+    ckpt = Path(result.checkpoints[-1]["path"])
+    assert {"adapter_config.json", "adapter_model.safetensors", "manifest.json", "COMPLETE"} <= {p.name for p in ckpt.iterdir()}
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    for key in ("base_model", "chat_template", "tokenizer", "hyperparameters", "train", "step", "epoch", "metrics"):
+        assert key in manifest, key
+    assert manifest["hyperparameters"]["adapter_size"] == 4 and manifest["hyperparameters"]["lora_alpha"] == 8
+    assert len(manifest["train"]["sha256"]) == 64 and manifest["chat_template"]["name"] == "chatml"
+    run = json.loads((out / "manifest.json").read_text())
+    assert run["steps"] == 24 and ck.is_complete(out / "adapter") and list((out / "events").iterdir())
+    assert [e["event"] for e in events][:3] == ["validating", "start", "step"] and events[-1]["event"] == "done"
+    # the adapter loads with plain peft and changes the model's outputs
+    from peft import PeftModel
+
+    base = models.load_model_fresh(models.resolve(str(tiny_model_dir)))
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        plain = base(input_ids=x).logits
+        tuned = PeftModel.from_pretrained(base, str(out / "adapter"))(input_ids=x).logits
+    assert not torch.allclose(plain, tuned)
+
+
+def test_twelve_epochs_keep_about_ten_checkpoints(data, tmp_path, tiny_model_dir):
+    small = write_jsonl(tmp_path / "four.jsonl", [json.loads(line) for line in data[0].read_text().splitlines()[:4]])
+    result = train(cfg((small, data[1]), tmp_path / "run", tiny_model_dir, epochs=12, validation=None))
+    assert [c["epoch"] for c in result.checkpoints] == [1, 2, 4, 5, 6, 7, 8, 10, 11, 12]
+    last_only = train(cfg((small, data[1]), tmp_path / "run2", tiny_model_dir, epochs=12, validation=None,
+                          export_last_checkpoint_only=True))
+    assert [(c["epoch"], c["step"]) for c in last_only.checkpoints] == [(12, 12)]
+
+
+def test_merged_export_equals_base_plus_adapter(data, tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    train(cfg(data, out, tiny_model_dir, epochs=1))
+    merged = ck.export_merged(out / "adapter", tmp_path / "merged")
+    assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    x = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        a = AutoModelForCausalLM.from_pretrained(merged)(input_ids=x).logits
+        base = models.load_model_fresh(models.resolve(str(tiny_model_dir)))
+        b = PeftModel.from_pretrained(base, str(out / "adapter"))(input_ids=x).logits
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def _tune_cmd(data, out, model_dir) -> list[str]:
+    return [sys.executable, "-m", "tunery.cli", "tune", "--local", "--train", str(data[0]), "--base-model", str(model_dir),
+            "--epochs", "8", "--batch-size", "4", "--learning-rate", "5e-3", "--save-interval-seconds", "0",
+            "--output", str(out)]
+
+
+def test_kill_dash_nine_then_rerun_resumes_to_the_same_result(data, tmp_path, tiny_model_dir):
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_tune_cmd(data, out, tiny_model_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(mt.read_metrics(out) if (out / "metrics.jsonl").exists() else []) < 14:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(mt.read_metrics(out))
+    assert 14 <= killed_at < 48 and not (out / "manifest.json").exists()
+    state = ck.latest_state(out)
+    assert state is not None
+
+    rerun = subprocess.run(_tune_cmd(data, out, tiny_model_dir), env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming from step" in rerun.stderr
+    records = mt.read_metrics(out)
+    assert [r["step"] for r in records] == list(range(1, 49))  # 24/4 x 8 epochs, each step exactly once
+    assert json.loads((out / "manifest.json").read_text())["steps"] == 48
+
+    straight = tmp_path / "straight"
+    train(TuningConfig(train=str(data[0]), base_model=str(tiny_model_dir), epochs=8, batch_size=4, learning_rate=5e-3,
+                       output=str(straight)))
+    from safetensors.torch import load_file
+
+    a = load_file(out / "adapter" / "adapter_model.safetensors")
+    b = load_file(straight / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert mt.read_metrics(straight)[-1][mt.TRAIN_LOSS] == pytest.approx(records[-1][mt.TRAIN_LOSS], rel=1e-5)
+
+
+def test_rerun_of_a_finished_run_does_nothing(data, tmp_path, tiny_model_dir):
+    c = cfg(data, tmp_path / "run", tiny_model_dir, epochs=1)
+    train(c)
+    events = []
+    again = train(c, events.append)
+    assert again.steps == 6 and [e["event"] for e in events] == ["validating", "already_complete"]
+
+
+def test_resume_with_different_settings_is_refused(data, tmp_path, tiny_model_dir):
+    train(cfg(data, tmp_path / "run", tiny_model_dir, epochs=1))
+    with pytest.raises(ConfigError, match="different settings .*hyperparameters"):
+        train(cfg(data, tmp_path / "run", tiny_model_dir, epochs=2))
+
+
+def test_incomplete_state_directories_are_ignored(data, tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    train(cfg(data, out, tiny_model_dir, epochs=1))
+    (out / "manifest.json").unlink()
+    shutil.rmtree(out / "adapter")
+    fake = out / "state-00009999"
+    fake.mkdir()
+    (fake / "state.json").write_text("{half written")
+    events = []
+    train(cfg(data, out, tiny_model_dir, epochs=1), events.append)
+    start = next(e for e in events if e["event"] == "start")
+    assert start["resumed_from"] == 6 and not fake.exists()
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(data, tmp_path, tiny_model_dir):
+    broken = tmp_path / "nan-model"
+    shutil.copytree(tiny_model_dir, broken)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(broken / "model.safetensors")
+    norm = next(k for k in weights if k.endswith("norm.weight"))
+    weights[norm] = torch.full_like(weights[norm], float("nan"))
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match="loss became nan at step 1"):
+        train(cfg(data, out, broken))
+    assert not (out / "manifest.json").exists() and not (out / "adapter").exists()
+    assert not list((out / "checkpoints").glob("*")) if (out / "checkpoints").exists() else True
+
+
+def test_invalid_dataset_fails_before_any_compute(tmp_path, tiny_model_dir):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [contents(("user", "q"), ("model", "a")), contents(("user", "q"))])
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"bad.jsonl:2 /contents: error \[no_model_turn\]"):
+        train(TuningConfig(train=str(bad), base_model=str(tiny_model_dir), output=str(out)))
+    assert not out.exists()
+    with pytest.raises(DatasetError, match="file not found"):
+        train(TuningConfig(train=str(tmp_path / "missing.jsonl"), base_model=str(tiny_model_dir), output=str(out)))
+
+
+def test_cli_reports_bad_flags_before_any_compute(tmp_path, data):
+    for args, message in ((["--adapter-size", "3"], "--adapter-size: expected one of 1, 2, 4, 8, 16, found 3"),
+                          (["--epochs", "-2"], "--epochs: expected a whole number from 1 to 100, found -2")):
+        proc = subprocess.run([sys.executable, "-m", "tunery.cli", "tune", "--local", "--train", str(data[0]),
+                               "--output", str(tmp_path / "o"), *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and message in proc.stderr
+        assert not (tmp_path / "o").exists()

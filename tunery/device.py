@@ -1,0 +1,63 @@
+"""Where to compute and in which precision, decided by measurement rather than a flag."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger("tunery")
+
+BF16_MIN_SPEEDUP = 1.3  # use bf16 autocast on CPU only when its matmuls are clearly faster
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: str  # "cpu" | "cuda"
+    autocast: str | None  # "bfloat16" or None (float32)
+
+    def autocast_context(self):
+        import contextlib
+
+        import torch
+
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device, dtype=getattr(torch, self.autocast))
+
+
+def _matmul_seconds(dtype, n: int = 512, k: int = 576, m: int = 1536, reps: int = 20) -> float:
+    import torch
+
+    a, b = torch.randn(n, k, dtype=dtype), torch.randn(k, m, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        times.append(time.perf_counter() - t)
+    return sorted(times)[2]
+
+
+@functools.cache
+def cpu_bf16_speedup() -> float:
+    """fp32 / bf16 matmul time on this CPU (about 2 where AVX512-BF16 or AMX exist, below 1 where not)."""
+    import torch
+
+    return _matmul_seconds(torch.float32) / _matmul_seconds(torch.bfloat16)
+
+
+@functools.cache
+def pick() -> Runtime:
+    """CUDA with bf16 when present; on CPU, bf16 autocast only if measured faster here."""
+    import torch
+
+    if torch.cuda.is_available():
+        return Runtime("cuda", "bfloat16" if torch.cuda.is_bf16_supported() else None)
+    speedup = cpu_bf16_speedup()
+    chosen = Runtime("cpu", "bfloat16" if speedup >= BF16_MIN_SPEEDUP else None)
+    log.info("cpu: bf16 matmuls measured %.2fx fp32 -> %s", speedup, chosen.autocast or "float32")
+    return chosen

@@ -1,0 +1,1 @@
+"""Serving: generation from a base model with or without a tuned adapter."""

@@ -1,0 +1,177 @@
+"""Checkpoints with Vertex semantics, written crash-safely; resume state; merged export.
+
+Every directory is written into a temporary sibling, its files fsynced, renamed into place, and only then marked
+complete with a `COMPLETE` file. A directory without `COMPLETE` (a crash mid-write) is ignored and cleaned up.
+Nothing is pickled: weights and optimizer tensors are safetensors, the rest JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+COMPLETE = "COMPLETE"
+CHECKPOINTS_DIR = "checkpoints"
+STATE_PREFIX = "state-"
+ADAPTER_DIR = "adapter"
+MANIFEST = "manifest.json"
+RUN_FILE = "run.json"
+
+
+def schedule(epochs: int, steps_per_epoch: int, last_only: bool = False) -> dict[int, int]:
+    """{step: epoch} of the exported checkpoints. Vertex: fewer than 10 epochs -> one per epoch; 10 or more ->
+    about 10 evenly spaced epochs, the final one included; export-last-only -> the final one."""
+    if last_only:
+        ends = [epochs]
+    elif epochs < 10:
+        ends = list(range(1, epochs + 1))
+    else:
+        ends = sorted({max(1, round(k * epochs / 10)) for k in range(1, 11)} | {epochs})
+    return {e * steps_per_epoch: e for e in ends}
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(final: Path, write: Callable[[Path], None]) -> Path:
+    """Build `final` via a temp dir: write, fsync, rename, then mark COMPLETE (and fsync that too)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        (final / COMPLETE).write_text("ok\n")
+        with open(final / COMPLETE, "rb") as f:
+            os.fsync(f.fileno())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def is_complete(path: Path) -> bool:
+    return (path / COMPLETE).is_file()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write a JSON file atomically (temp file, fsync, rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def clean_incomplete(run_dir: Path) -> None:
+    """Remove leftovers of a crash: temp dirs and directories never marked complete."""
+    for path in list(run_dir.glob(".tmp-*")) + list((run_dir / CHECKPOINTS_DIR).glob(".tmp-*")):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in list(run_dir.glob(f"{STATE_PREFIX}*")) + list((run_dir / CHECKPOINTS_DIR).glob("*")):
+        if path.is_dir() and not is_complete(path):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- resume state
+
+def save_state(run_dir: Path, model, optimizer, step: int, extra: dict) -> Path:
+    """Everything needed to continue: LoRA weights, optimizer tensors, RNG, step. Older states are removed."""
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        save_file(weights, tmp / "adapter_model.safetensors")
+        sd = optimizer.state_dict()
+        tensors = {f"{i}.{k}": v.cpu().contiguous() for i, s in sd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "param_groups": sd["param_groups"], **extra}, indent=1))
+
+    path = write_atomically(run_dir / f"{STATE_PREFIX}{step:08d}", write)
+    for old in run_dir.glob(f"{STATE_PREFIX}*"):
+        if old != path:
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def latest_state(run_dir: Path) -> Path | None:
+    states = sorted(p for p in run_dir.glob(f"{STATE_PREFIX}*") if p.is_dir() and is_complete(p))
+    return states[-1] if states else None
+
+
+def load_state(path: Path, model, optimizer) -> dict:
+    """Restore what save_state wrote; returns state.json (with "step")."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    meta = json.loads((path / "state.json").read_text())
+    set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+    tensors = load_file(path / "optimizer.safetensors")
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta
+
+
+# ---------------------------------------------------------------- exported checkpoints and merge
+
+def save_checkpoint(run_dir: Path, index: int, model, manifest: dict) -> Path:
+    """A PEFT adapter directory (adapter_config.json, adapter_model.safetensors) plus manifest.json."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+    return write_atomically(run_dir / CHECKPOINTS_DIR / f"checkpoint-{index}", write)
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    found = [p for p in (run_dir / CHECKPOINTS_DIR).glob("checkpoint-*") if p.is_dir() and is_complete(p)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def export_merged(adapter_dir: Path, out: Path) -> Path:
+    """Base model with the adapter merged in, as a safetensors Hugging Face model directory (atomic)."""
+    from peft import PeftModel
+
+    from tunery import models
+
+    manifest = json.loads((adapter_dir / MANIFEST).read_text())
+    spec = models.resolve(manifest["base_model"]["name"])
+
+    def write(tmp: Path) -> None:
+        base = models.load_model_fresh(spec)
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+        merged.save_pretrained(tmp, safe_serialization=True)
+        models.load_tokenizer(spec).save_pretrained(tmp)
+        (tmp / "tunery.json").write_text(json.dumps({"merged_from": str(adapter_dir), **manifest}, indent=1))
+
+    return write_atomically(out, write)

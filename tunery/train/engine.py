@@ -1,0 +1,267 @@
+"""One supervised LoRA tuning run, top to bottom: spec -> data -> render -> model + LoRA -> loop -> artifacts.
+
+Run directory (`--output`):
+    run.json                what this run is (base model, template, datasets, hyperparameters); resume checks it
+    metrics.jsonl, events/  Vertex metric names per step (JSON lines and TensorBoard)
+    state-XXXXXXXX/         latest resume state (adapter, optimizer, RNG, step); crash-safe
+    checkpoints/checkpoint-K/  exported PEFT adapters with manifest.json (Vertex cadence)
+    adapter/                the final adapter;  manifest.json  the finished run
+Re-running the same command on the same directory resumes from the last complete state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunery import models
+from tunery.config import TuningConfig, default_epochs
+from tunery.data.formats import parse
+from tunery.data.jsonl import read_records
+from tunery.data.validate import Limits, validate
+from tunery.device import Runtime, pick
+from tunery.errors import ConfigError, TrainingError
+from tunery.text.batching import batch_order, collate
+from tunery.text.chat_template import ChatTemplate, Rendered
+from tunery.train import checkpoints as ck
+from tunery.train import metrics as mt
+
+log = logging.getLogger("tunery")
+WARMUP_FRACTION = 0.05  # of all steps, linear warmup; then linear decay to zero
+EVALS_PER_RUN = 5  # validation passes spread over the run, the last at the final step (each is a full pass)
+
+Event = dict[str, Any]
+
+
+@dataclass
+class RunResult:
+    output: Path
+    steps: int
+    epochs: int
+    metrics: dict[str, float]  # last train (and eval) metrics
+    checkpoints: list[dict] = field(default_factory=list)  # [{"checkpointId", "epoch", "step", "path"}]
+    resumed_from: int | None = None  # step the run continued from, if it did
+
+
+def _sha256(path: str | None) -> str | None:
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _render_file(path: str, template: ChatTemplate, max_length: int) -> list[Rendered]:
+    examples = [parse(obj, line)[0] for line, obj, issue in read_records(path) if issue is None]
+    return template.render_batch([ex for ex in examples if ex is not None], max_length)
+
+
+def _lr_at(step: int, total: int, peak: float) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then linear decay to zero."""
+    warmup = max(1, round(WARMUP_FRACTION * total))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _forward(model, ids, labels, runtime: Runtime):
+    """Summed loss, correct predictions and count over the supervised positions only. Logits are computed
+    just where a label exists: the vocabulary projection is a large share of a small model's compute."""
+    import torch
+    import torch.nn.functional as F
+
+    base = model.get_base_model()
+    ids, labels = ids.to(runtime.device), labels.to(runtime.device)
+    with runtime.autocast_context():
+        hidden = base.get_decoder()(input_ids=ids).last_hidden_state  # right padding + causal: no mask needed
+        targets = labels[:, 1:]
+        sel = targets != -100
+        logits = base.get_output_embeddings()(hidden[:, :-1][sel]).float()
+        cap = getattr(base.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        gold = targets[sel]
+        loss = F.cross_entropy(logits, gold, reduction="sum")
+    correct = (logits.argmax(-1) == gold).sum()
+    return loss, int(correct), int(gold.numel())
+
+
+def evaluate(model, rows: list[Rendered], batch_size: int, pad_id: int, runtime: Runtime) -> dict[str, float]:
+    """Vertex eval metrics over a whole dataset: token-mean loss, token accuracy, predictions."""
+    import torch
+
+    loss_sum, correct, n = 0.0, 0, 0
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
+    with torch.no_grad():
+        for k in range(0, len(order), batch_size):
+            ids, labels = collate([rows[i] for i in order[k:k + batch_size]], pad_id)
+            s, c, m = _forward(model, ids, labels, runtime)
+            loss_sum, correct, n = loss_sum + float(s), correct + c, n + m
+    return {mt.EVAL_LOSS: loss_sum / max(n, 1), mt.EVAL_ACCURACY: correct / max(n, 1), mt.EVAL_PREDICTIONS: n}
+
+
+def _attach_lora(model, rank: int, seed: int):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)  # LoRA A matrices are random; B starts at zero
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear",
+                        bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _identity(cfg: TuningConfig, spec, template: ChatTemplate, epochs: int, n_train: int, n_val: int) -> dict:
+    return {"base_model": {**models.describe(spec), "requested": spec.requested},
+            "chat_template": {"name": template.spec.name, "fingerprint": template.fingerprint()},
+            "tokenizer": {"vocab_size": template.tokenizer.get_vocab_size()},
+            "train": {"path": str(Path(cfg.train).resolve()), "sha256": _sha256(cfg.train), "examples": n_train},
+            "validation": {"path": str(Path(cfg.validation).resolve()), "sha256": _sha256(cfg.validation),
+                           "examples": n_val} if cfg.validation else None,
+            "hyperparameters": cfg.hyperparameters(epochs)}
+
+
+def _check_resumable(out: Path, identity: dict) -> None:
+    path = out / ck.RUN_FILE
+    if not path.is_file():
+        return
+    prior = json.loads(path.read_text())
+    same = lambda d: {k: d[k] for k in ("chat_template", "hyperparameters")} | {  # noqa: E731
+        "base": d["base_model"]["sha256"] or d["base_model"]["name"], "train": d["train"]["sha256"],
+        "val": (d["validation"] or {}).get("sha256")}
+    if same(prior) != same(identity):
+        diff = [k for k in same(prior) if same(prior)[k] != same(identity)[k]]
+        raise ConfigError("--output", f"{out} holds a run with different settings ({', '.join(diff)}); it cannot be resumed",
+                          hint="use a new --output directory, or delete this one to start over")
+
+
+def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) -> RunResult:
+    """Run (or resume) one tuning job. Raises TuneryError subclasses for anything the user can fix."""
+    import torch
+
+    emit = on_event or (lambda e: None)
+    out = Path(cfg.output)
+    # 1. base model, template, data (validated before any compute)
+    spec = models.resolve(cfg.base_model)
+    template = models.load_template(spec)
+    max_length = min(spec.max_tokens, cfg.max_length or spec.max_tokens)
+    emit({"event": "validating"})
+    report = validate(cfg.train, cfg.validation, template=template,
+                      limits=Limits(max_length, "--max-length" if cfg.max_length else "the base model's limit"))
+    if not report.valid:
+        errors = [i for i in report.issues if i.severity == "error"]
+        listed = "\n".join(f"  {i}" for i in errors[:10])
+        raise TrainingError(f"the dataset has {sum(f.errors for f in report.files)} errors; nothing was trained:\n{listed}",
+                            hint="`tunery validate` lists them all")
+    train_rows = _render_file(cfg.train, template, max_length)
+    val_rows = _render_file(cfg.validation, template, max_length) if cfg.validation else []
+    epochs = cfg.epochs or default_epochs(len(train_rows))
+    steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+    total = epochs * steps_per_epoch
+    exports = ck.schedule(epochs, steps_per_epoch, cfg.export_last_checkpoint_only)
+    eval_every = max(1, math.ceil(total / EVALS_PER_RUN))
+
+    # 2. the run directory: fresh, resumed, or already finished
+    out.mkdir(parents=True, exist_ok=True)
+    identity = _identity(cfg, spec, template, epochs, len(train_rows), len(val_rows))
+    _check_resumable(out, identity)
+    if (out / ck.MANIFEST).is_file() and ck.is_complete(out / ck.ADAPTER_DIR):
+        done = json.loads((out / ck.MANIFEST).read_text())
+        emit({"event": "already_complete", "steps": done["steps"]})
+        return RunResult(out, done["steps"], done["epochs"], done["metrics"], done["checkpoints"])
+    ck.write_json(out / ck.RUN_FILE, identity)
+    ck.clean_incomplete(out)
+
+    # 3. model + LoRA + optimizer, restored from the last complete state if there is one
+    runtime = pick()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model = _attach_lora(models.load_model_fresh(spec), cfg.adapter_size, cfg.seed).to(runtime.device)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.peak_learning_rate, weight_decay=0.0)
+    step, resumed = 0, None
+    if (state := ck.latest_state(out)) is not None:
+        step = resumed = ck.load_state(state, model, optimizer)["step"]
+        log.info("resuming %s from step %d of %d", out, step, total)
+    log_ = mt.MetricsLog(out, step)
+    pad_id = template.end_id
+    lengths = [len(r.input_ids) for r in train_rows]
+    emit({"event": "start", "total_steps": total, "epochs": epochs, "resumed_from": resumed,
+          "examples": len(train_rows), "device": runtime.device, "precision": runtime.autocast or "float32"})
+
+    # 4. the loop
+    last_save = time.monotonic()
+    checkpoints = [_ckpt_record(p) for p in ck.complete_checkpoints(out)]
+    last = dict(checkpoints[-1]["metrics"]) if checkpoints else {}
+    order: tuple[int, list[list[int]]] = (-1, [])
+    try:
+        while step < total:
+            epoch, index = divmod(step, steps_per_epoch)
+            if order[0] != epoch:
+                order = (epoch, batch_order(lengths, cfg.batch_size, cfg.seed, epoch))
+            batch = order[1][index]
+            ids, labels = collate([train_rows[i] for i in batch], pad_id)
+            for g in optimizer.param_groups:
+                g["lr"] = _lr_at(step, total, cfg.peak_learning_rate)
+            loss_sum, correct, n = _forward(model, ids, labels, runtime)
+            loss = loss_sum / n
+            if not torch.isfinite(loss):
+                raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; training stopped",
+                                    hint="lower the learning rate (--learning-rate-multiplier) and check the data")
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            last = {mt.TRAIN_LOSS: loss.item(), mt.TRAIN_ACCURACY: correct / n, mt.TRAIN_PREDICTIONS: n}
+            if val_rows and (step % eval_every == 0 or step == total):
+                model.eval()
+                last |= evaluate(model, val_rows, cfg.batch_size, pad_id, runtime)
+                model.train()
+            log_.write(step, step / steps_per_epoch, last)
+            emit({"event": "step", "step": step, "total_steps": total, "epoch": step / steps_per_epoch, **last})
+            if step in exports:
+                manifest = {**identity, "step": step, "epoch": exports[step], "metrics": last,
+                            "checkpoint_id": str(len(checkpoints) + 1)}
+                path = ck.save_checkpoint(out, len(checkpoints) + 1, model, manifest)
+                checkpoints.append(_ckpt_record(path))
+                emit({"event": "checkpoint", **checkpoints[-1]})
+            if step in exports or step == total or time.monotonic() - last_save >= cfg.save_interval_seconds:
+                ck.save_state(out, model, optimizer, step, {"epoch": step / steps_per_epoch})
+                last_save = time.monotonic()
+    except torch.OutOfMemoryError as exc:
+        raise TrainingError(f"out of memory at step {step + 1}",
+                            hint="lower --batch-size or --max-length") from exc
+    finally:
+        log_.close()
+
+    # 5. artifacts: the final adapter and the run manifest
+    final = Path(checkpoints[-1]["path"])
+    ck.write_atomically(out / ck.ADAPTER_DIR, lambda tmp: _copy_adapter(final, tmp))
+    result = RunResult(out, total, epochs, last, checkpoints, resumed)
+    ck.write_json(out / ck.MANIFEST, {**identity, "steps": total, "epochs": epochs, "metrics": last,
+                                      "checkpoints": checkpoints, "adapter": str(out / ck.ADAPTER_DIR),
+                                      "precision": runtime.autocast or "float32", "device": runtime.device})
+    emit({"event": "done", "steps": total})
+    return result
+
+
+def _ckpt_record(path: Path) -> dict:
+    m = json.loads((path / ck.MANIFEST).read_text())
+    return {"checkpointId": m["checkpoint_id"], "epoch": m["epoch"], "step": m["step"], "path": str(path),
+            "metrics": m["metrics"]}
+
+
+def _copy_adapter(src: Path, dst: Path) -> None:
+    for f in src.iterdir():
+        if f.name != ck.COMPLETE:
+            shutil.copy2(f, dst / f.name)
