@@ -33,6 +33,8 @@ from tunery.errors import ConfigError, TrainingError
 from tunery.text.batching import batch_order, collate
 from tunery.text.chat_template import ChatTemplate, Rendered
 from tunery.train import checkpoints as ck
+from tunery.train import distributed
+from tunery.train.distributed import Dist
 from tunery.train import metrics as mt
 
 log = logging.getLogger("tunery")
@@ -97,18 +99,20 @@ def _forward(model, ids, labels, runtime: Runtime):
     return loss, int(correct), int(gold.numel())
 
 
-def evaluate(model, rows: list[Rendered], batch_size: int, pad_id: int, runtime: Runtime) -> dict[str, float]:
-    """Vertex eval metrics over a whole dataset: token-mean loss, token accuracy, predictions."""
+def evaluate(model, rows: list[Rendered], batch_size: int, pad_id: int, runtime: Runtime, dist: Dist = Dist()
+             ) -> dict[str, float]:
+    """Vertex eval metrics over a whole dataset (each rank takes a share): token-mean loss, accuracy, count."""
     import torch
 
+    mine = dist.shard(sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids)))
     loss_sum, correct, n = 0.0, 0, 0
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
     with torch.no_grad():
-        for k in range(0, len(order), batch_size):
-            ids, labels = collate([rows[i] for i in order[k:k + batch_size]], pad_id)
+        for k in range(0, len(mine), batch_size):
+            ids, labels = collate([rows[i] for i in mine[k:k + batch_size]], pad_id)
             s, c, m = _forward(model, ids, labels, runtime)
             loss_sum, correct, n = loss_sum + float(s), correct + c, n + m
-    return {mt.EVAL_LOSS: loss_sum / max(n, 1), mt.EVAL_ACCURACY: correct / max(n, 1), mt.EVAL_PREDICTIONS: n}
+    loss_sum, correct, n = dist.sum(loss_sum, correct, n)
+    return {mt.EVAL_LOSS: loss_sum / max(n, 1), mt.EVAL_ACCURACY: correct / max(n, 1), mt.EVAL_PREDICTIONS: int(n)}
 
 
 def _attach_lora(model, rank: int, seed: int):
@@ -145,17 +149,23 @@ def _check_resumable(out: Path, identity: dict) -> None:
                           hint="use a new --output directory, or delete this one to start over")
 
 
-def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) -> RunResult:
-    """Run (or resume) one tuning job. Raises TuneryError subclasses for anything the user can fix."""
-    import torch
+@dataclass
+class _Plan:
+    """What the data and config imply: rendered rows, step counts, checkpoint steps."""
 
-    emit = on_event or (lambda e: None)
-    out = Path(cfg.output)
-    # 1. base model, template, data (validated before any compute)
-    spec = models.resolve(cfg.base_model)
-    template = models.load_template(spec)
-    max_length = min(spec.max_tokens, cfg.max_length or spec.max_tokens)
-    emit({"event": "validating"})
+    train_rows: list[Rendered]
+    val_rows: list[Rendered]
+    epochs: int
+    steps_per_epoch: int
+    exports: dict[int, int]  # {step: epoch} of exported checkpoints
+
+    @property
+    def total(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+def _prepare(cfg: TuningConfig, template: ChatTemplate, max_length: int) -> _Plan:
+    """Validate (before any compute), render, and count steps."""
     report = validate(cfg.train, cfg.validation, template=template,
                       limits=Limits(max_length, "--max-length" if cfg.max_length else "the base model's limit"))
     if not report.valid:
@@ -167,24 +177,59 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
     val_rows = _render_file(cfg.validation, template, max_length) if cfg.validation else []
     epochs = cfg.epochs or default_epochs(len(train_rows))
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
-    total = epochs * steps_per_epoch
-    exports = ck.schedule(epochs, steps_per_epoch, cfg.export_last_checkpoint_only)
+    return _Plan(train_rows, val_rows, epochs, steps_per_epoch,
+                 ck.schedule(epochs, steps_per_epoch, cfg.export_last_checkpoint_only))
+
+
+def _train_step(model, optimizer, trainable, rows: list[Rendered], pad_id: int, runtime: Runtime, dist: Dist,
+                step: int) -> dict[str, float]:
+    """One optimizer step on this rank's share of a batch; the loss is normalised by the global token count."""
+    import torch
+
+    mine = dist.shard(rows)
+    if mine:
+        ids, labels = collate(mine, pad_id)
+        loss_sum, correct, n = _forward(model, ids, labels, runtime)
+    else:  # a short last batch can leave a rank with nothing
+        loss_sum, correct, n = torch.zeros((), requires_grad=True), 0, 0
+    total_sum, total_correct, total_n = dist.sum(loss_sum.item(), correct, n)
+    if not math.isfinite(total_sum):
+        raise TrainingError(f"the loss became {total_sum / max(total_n, 1)} at step {step + 1}; training stopped",
+                            hint="lower the learning rate (--learning-rate-multiplier) and check the data")
+    (loss_sum / total_n).backward()
+    dist.sum_grads(trainable)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {mt.TRAIN_LOSS: total_sum / total_n, mt.TRAIN_ACCURACY: total_correct / total_n,
+            mt.TRAIN_PREDICTIONS: int(total_n)}
+
+
+def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) -> RunResult:
+    """Run (or resume) one tuning job. Raises TuneryError subclasses for anything the user can fix.
+    Under torchrun every rank runs this; rank 0 writes the run directory and reports events."""
+    import torch
+
+    dist = distributed.init()
+    emit = (on_event or (lambda e: None)) if dist.is_main else (lambda e: None)
+    out = Path(cfg.output)
+    # 1. base model, template, data (validated before any compute)
+    spec = models.resolve(cfg.base_model)
+    template = models.load_template(spec)
+    max_length = min(spec.max_tokens, cfg.max_length or spec.max_tokens)
+    emit({"event": "validating"})
+    plan = _prepare(cfg, template, max_length)
+    total = plan.total
     eval_every = max(1, math.ceil(total / EVALS_PER_RUN))
 
     # 2. the run directory: fresh, resumed, or already finished
-    out.mkdir(parents=True, exist_ok=True)
-    identity = _identity(cfg, spec, template, epochs, len(train_rows), len(val_rows))
-    _check_resumable(out, identity)
-    if (out / ck.MANIFEST).is_file() and ck.is_complete(out / ck.ADAPTER_DIR):
-        done = json.loads((out / ck.MANIFEST).read_text())
-        emit({"event": "already_complete", "steps": done["steps"]})
-        return RunResult(out, done["steps"], done["epochs"], done["metrics"], done["checkpoints"])
-    ck.write_json(out / ck.RUN_FILE, identity)
-    ck.clean_incomplete(out)
+    identity = _identity(cfg, spec, template, plan.epochs, len(plan.train_rows), len(plan.val_rows))
+    if (done := _open_run_dir(out, identity, dist)) is not None:
+        emit({"event": "already_complete", "steps": done.steps})
+        return done
 
     # 3. model + LoRA + optimizer, restored from the last complete state if there is one
     runtime = pick()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     model = _attach_lora(models.load_model_fresh(spec), cfg.adapter_size, cfg.seed).to(runtime.device)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -193,11 +238,11 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
     if (state := ck.latest_state(out)) is not None:
         step = resumed = ck.load_state(state, model, optimizer)["step"]
         log.info("resuming %s from step %d of %d", out, step, total)
-    log_ = mt.MetricsLog(out, step)
-    pad_id = template.end_id
-    lengths = [len(r.input_ids) for r in train_rows]
-    emit({"event": "start", "total_steps": total, "epochs": epochs, "resumed_from": resumed,
-          "examples": len(train_rows), "device": runtime.device, "precision": runtime.autocast or "float32"})
+    log_ = mt.MetricsLog(out, step) if dist.is_main else None
+    pad_id, lengths = template.end_id, [len(r.input_ids) for r in plan.train_rows]
+    emit({"event": "start", "total_steps": total, "epochs": plan.epochs, "resumed_from": resumed,
+          "examples": len(plan.train_rows), "device": runtime.device, "processes": dist.world,
+          "precision": runtime.autocast or "float32"})
 
     # 4. the loop
     last_save = time.monotonic()
@@ -206,53 +251,65 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
     order: tuple[int, list[list[int]]] = (-1, [])
     try:
         while step < total:
-            epoch, index = divmod(step, steps_per_epoch)
+            epoch, index = divmod(step, plan.steps_per_epoch)
             if order[0] != epoch:
                 order = (epoch, batch_order(lengths, cfg.batch_size, cfg.seed, epoch))
-            batch = order[1][index]
-            ids, labels = collate([train_rows[i] for i in batch], pad_id)
             for g in optimizer.param_groups:
                 g["lr"] = _lr_at(step, total, cfg.peak_learning_rate)
-            loss_sum, correct, n = _forward(model, ids, labels, runtime)
-            loss = loss_sum / n
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; training stopped",
-                                    hint="lower the learning rate (--learning-rate-multiplier) and check the data")
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            rows = [plan.train_rows[i] for i in order[1][index]]
+            last = _train_step(model, optimizer, trainable, rows, pad_id, runtime, dist, step)
             step += 1
-            last = {mt.TRAIN_LOSS: loss.item(), mt.TRAIN_ACCURACY: correct / n, mt.TRAIN_PREDICTIONS: n}
-            if val_rows and (step % eval_every == 0 or step == total):
+            if plan.val_rows and (step % eval_every == 0 or step == total):
                 model.eval()
-                last |= evaluate(model, val_rows, cfg.batch_size, pad_id, runtime)
+                last |= evaluate(model, plan.val_rows, cfg.batch_size, pad_id, runtime, dist)
                 model.train()
-            log_.write(step, step / steps_per_epoch, last)
-            emit({"event": "step", "step": step, "total_steps": total, "epoch": step / steps_per_epoch, **last})
-            if step in exports:
-                manifest = {**identity, "step": step, "epoch": exports[step], "metrics": last,
+            epoch_f = step / plan.steps_per_epoch
+            emit({"event": "step", "step": step, "total_steps": total, "epoch": epoch_f, **last})
+            if not dist.is_main:
+                continue
+            log_.write(step, epoch_f, last)
+            if step in plan.exports:
+                manifest = {**identity, "step": step, "epoch": plan.exports[step], "metrics": last,
                             "checkpoint_id": str(len(checkpoints) + 1)}
-                path = ck.save_checkpoint(out, len(checkpoints) + 1, model, manifest)
-                checkpoints.append(_ckpt_record(path))
+                checkpoints.append(_ckpt_record(ck.save_checkpoint(out, len(checkpoints) + 1, model, manifest)))
                 emit({"event": "checkpoint", **checkpoints[-1]})
-            if step in exports or step == total or time.monotonic() - last_save >= cfg.save_interval_seconds:
-                ck.save_state(out, model, optimizer, step, {"epoch": step / steps_per_epoch})
+            if step in plan.exports or step == total or time.monotonic() - last_save >= cfg.save_interval_seconds:
+                ck.save_state(out, model, optimizer, step, {"epoch": epoch_f})
                 last_save = time.monotonic()
     except torch.OutOfMemoryError as exc:
-        raise TrainingError(f"out of memory at step {step + 1}",
-                            hint="lower --batch-size or --max-length") from exc
+        raise TrainingError(f"out of memory at step {step + 1}", hint="lower --batch-size or --max-length") from exc
     finally:
-        log_.close()
+        if log_ is not None:
+            log_.close()
 
     # 5. artifacts: the final adapter and the run manifest
-    final = Path(checkpoints[-1]["path"])
-    ck.write_atomically(out / ck.ADAPTER_DIR, lambda tmp: _copy_adapter(final, tmp))
-    result = RunResult(out, total, epochs, last, checkpoints, resumed)
-    ck.write_json(out / ck.MANIFEST, {**identity, "steps": total, "epochs": epochs, "metrics": last,
-                                      "checkpoints": checkpoints, "adapter": str(out / ck.ADAPTER_DIR),
-                                      "precision": runtime.autocast or "float32", "device": runtime.device})
+    result = RunResult(out, total, plan.epochs, last, checkpoints, resumed)
+    if dist.is_main:
+        final = Path(checkpoints[-1]["path"])
+        ck.write_atomically(out / ck.ADAPTER_DIR, lambda tmp: _copy_adapter(final, tmp))
+        ck.write_json(out / ck.MANIFEST, {**identity, "steps": total, "epochs": plan.epochs, "metrics": last,
+                                          "checkpoints": checkpoints, "adapter": str(out / ck.ADAPTER_DIR),
+                                          "precision": runtime.autocast or "float32", "device": runtime.device,
+                                          "processes": dist.world})
+    dist.barrier()
+    distributed.shutdown(dist)
     emit({"event": "done", "steps": total})
     return result
+
+
+def _open_run_dir(out: Path, identity: dict, dist: Dist) -> RunResult | None:
+    """Check the directory may be (re)used; a finished run is returned as it is. Rank 0 prepares it."""
+    if out.is_dir():
+        _check_resumable(out, identity)
+        if (out / ck.MANIFEST).is_file() and ck.is_complete(out / ck.ADAPTER_DIR):
+            done = json.loads((out / ck.MANIFEST).read_text())
+            return RunResult(out, done["steps"], done["epochs"], done["metrics"], done["checkpoints"])
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        ck.write_json(out / ck.RUN_FILE, identity)
+        ck.clean_incomplete(out)
+    dist.barrier()
+    return None
 
 
 def _ckpt_record(path: Path) -> dict:
