@@ -154,7 +154,10 @@ def test_a_run_learns_and_writes_vertex_artifacts(data, tmp_path, tiny_model_dir
     assert len(manifest["train"]["sha256"]) == 64 and manifest["chat_template"]["name"] == "chatml"
     run = json.loads((out / "manifest.json").read_text())
     assert run["steps"] == 24 and ck.is_complete(out / "adapter") and list((out / "events").iterdir())
-    assert [e["event"] for e in events][:3] == ["validating", "start", "step"] and events[-1]["event"] == "done"
+    assert [e["event"] for e in events][:4] == ["validating", "dataset", "start", "step"] and events[-1]["event"] == "done"
+    stats = events[1]["stats"]
+    assert stats["tuningDatasetExampleCount"] == 24 and stats["tuningStepCount"] == 24
+    assert stats["totalBillableTokenCount"] == 4 * stats["totalTokenCount"]
     # the adapter loads with plain peft and changes the model's outputs
     from peft import PeftModel
 
@@ -234,7 +237,7 @@ def test_rerun_of_a_finished_run_does_nothing(data, tmp_path, tiny_model_dir):
     train(c)
     events = []
     again = train(c, events.append)
-    assert again.steps == 6 and [e["event"] for e in events] == ["validating", "already_complete"]
+    assert again.steps == 6 and [e["event"] for e in events] == ["validating", "dataset", "already_complete"]
 
 
 def test_resume_with_different_settings_is_refused(data, tmp_path, tiny_model_dir):

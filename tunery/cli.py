@@ -307,6 +307,38 @@ def export_cmd(run_dir, merged_out, checkpoint):
     out.print(f"merged model written to {path}")
 
 
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--home", type=click.Path(file_okay=False), help="Jobs, models and caches (default: $TUNERY_HOME or ~/.tunery).")
+@click.option("--api-key", envvar="TUNERY_API_KEY", help="Require this key on every request (Bearer or x-goog-api-key).")
+@click.option("--allow-path", multiple=True, type=click.Path(file_okay=False),
+              help="Another directory datasets may be read from (besides the start directory and the home).")
+@click.option("--allow-http-datasets", is_flag=True, help="Accept http(s):// dataset URIs.")
+@click.option("--max-concurrent-jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Tuning jobs run at once.")
+@click.option("--max-loaded-adapters", type=click.IntRange(min=1), default=8, show_default=True, help="Adapters kept in memory (LRU).")
+def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_concurrent_jobs, max_loaded_adapters):
+    """Run the Vertex AI tuning API server (point the google-genai SDK's base_url at it).
+
+    Example: tunery serve --port 8080 --allow-path ~/datasets
+    """
+    import uvicorn
+
+    from tunery.api.app import LOOPBACK, ServerSettings, create_app
+    from tunery.config import home as default_home
+
+    if host not in LOOPBACK and not api_key:
+        raise TuneryError(f"refusing to listen on {host} without an API key: anyone on the network could tune and "
+                          "read models", hint="pass --api-key KEY (or TUNERY_API_KEY), or keep --host 127.0.0.1")
+    settings = ServerSettings(home=Path(home).expanduser() if home else default_home(), api_key=api_key,
+                              allow_paths=tuple(Path(p).expanduser() for p in allow_path),
+                              allow_http_datasets=allow_http_datasets, max_concurrent_jobs=max_concurrent_jobs,
+                              max_loaded_adapters=max_loaded_adapters)
+    err.print(f"tunery serving the Vertex tuning API on http://{host}:{port} (home {settings.home}; datasets readable "
+              f"under {', '.join(map(str, settings.allowed_roots))})")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
 def main() -> None:
     cli(prog_name="tunery")
 

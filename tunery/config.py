@@ -80,6 +80,7 @@ class TuningConfig:
     seed: int = 0  # data order and LoRA initialisation
     export_last_checkpoint_only: bool = False  # keep only the final checkpoint
     save_interval_seconds: float = 60.0  # resume state is saved at least this often (and at every checkpoint)
+    init_adapter: str | None = None  # continue tuning from this adapter directory (Vertex preTunedModel)
 
     def __post_init__(self) -> None:
         if self.epochs is not None and not 1 <= self.epochs <= MAX_EPOCHS:
@@ -105,4 +106,5 @@ class TuningConfig:
         """What must match for a run directory to be resumed, and what manifests record."""
         return {"epochs": epochs, "learning_rate": self.peak_learning_rate, "learning_rate_multiplier": self.learning_rate_multiplier,
                 "adapter_size": self.adapter_size, "lora_alpha": 2 * self.adapter_size, "batch_size": self.batch_size,
-                "max_length": self.max_length, "seed": self.seed, "export_last_checkpoint_only": self.export_last_checkpoint_only}
+                "max_length": self.max_length, "seed": self.seed, "export_last_checkpoint_only": self.export_last_checkpoint_only,
+                "init_adapter": self.init_adapter}

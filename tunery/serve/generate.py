@@ -35,8 +35,8 @@ class Prompt:
 
 
 def generate(model, template: ChatTemplate, prompts: Sequence[Prompt], config: GenerationConfig = GenerationConfig(),
-             runtime: Runtime = Runtime("cpu", None)) -> list[Generation]:
-    """Generate one answer per prompt in a single batch."""
+             runtime: Runtime = Runtime("cpu", None), streamer=None) -> list[Generation]:
+    """Generate one answer per prompt in a single batch (a streamer receives tokens of a one-prompt batch)."""
     import torch
 
     encoded = [template.render_prompt(p.turns, p.system) for p in prompts]
@@ -46,9 +46,9 @@ def generate(model, template: ChatTemplate, prompts: Sequence[Prompt], config: G
     mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=runtime.device)
     sample = config.temperature > 0
     kwargs = dict(max_new_tokens=config.max_output_tokens, do_sample=sample, eos_token_id=template.end_id,
-                  pad_token_id=pad)
+                  pad_token_id=pad, streamer=streamer)
     if sample:
-        kwargs |= dict(temperature=config.temperature, top_p=config.top_p or 1.0, top_k=config.top_k or 0)
+        kwargs |= dict(temperature=config.temperature, top_p=config.top_p or 1.0, top_k=config.top_k or None)
         if config.seed is not None:
             torch.manual_seed(config.seed)
     with torch.no_grad(), runtime.autocast_context():

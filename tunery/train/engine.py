@@ -125,6 +125,17 @@ def _attach_lora(model, rank: int, seed: int):
     return get_peft_model(model, config)
 
 
+def _load_adapter_weights(model, adapter_dir: Path, rank: int) -> None:
+    """Start from a tuned adapter (continuous tuning). Its rank must be the run's adapter size."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    found = json.loads((adapter_dir / "adapter_config.json").read_text())["r"]
+    if found != rank:
+        raise ConfigError("--adapter-size", f"expected the pre-tuned adapter's size {found}, found {rank}")
+    set_peft_model_state_dict(model, load_file(adapter_dir / "adapter_model.safetensors"))
+
+
 def _identity(cfg: TuningConfig, spec, template: ChatTemplate, epochs: int, n_train: int, n_val: int) -> dict:
     return {"base_model": {**models.describe(spec), "requested": spec.requested},
             "chat_template": {"name": template.spec.name, "fingerprint": template.fingerprint()},
@@ -158,6 +169,7 @@ class _Plan:
     epochs: int
     steps_per_epoch: int
     exports: dict[int, int]  # {step: epoch} of exported checkpoints
+    stats: dict  # Vertex supervisedTuningDataStats of the training file, for this many epochs
 
     @property
     def total(self) -> int:
@@ -177,8 +189,12 @@ def _prepare(cfg: TuningConfig, template: ChatTemplate, max_length: int) -> _Pla
     val_rows = _render_file(cfg.validation, template, max_length) if cfg.validation else []
     epochs = cfg.epochs or default_epochs(len(train_rows))
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+    stats = dict(report.files[0].stats)
+    stats["totalBillableTokenCount"] = stats.get("totalTokenCount", 0) * epochs
+    stats["totalBillableCharacterCount"] = stats["totalTuningCharacterCount"] * epochs
+    stats["tuningStepCount"] = steps_per_epoch * epochs
     return _Plan(train_rows, val_rows, epochs, steps_per_epoch,
-                 ck.schedule(epochs, steps_per_epoch, cfg.export_last_checkpoint_only))
+                 ck.schedule(epochs, steps_per_epoch, cfg.export_last_checkpoint_only), stats)
 
 
 def _train_step(model, optimizer, trainable, rows: list[Rendered], pad_id: int, runtime: Runtime, dist: Dist,
@@ -218,6 +234,7 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
     max_length = min(spec.max_tokens, cfg.max_length or spec.max_tokens)
     emit({"event": "validating"})
     plan = _prepare(cfg, template, max_length)
+    emit({"event": "dataset", "stats": plan.stats})
     total = plan.total
     eval_every = max(1, math.ceil(total / EVALS_PER_RUN))
 
@@ -231,6 +248,8 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
     runtime = pick()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     model = _attach_lora(models.load_model_fresh(spec), cfg.adapter_size, cfg.seed).to(runtime.device)
+    if cfg.init_adapter:
+        _load_adapter_weights(model, Path(cfg.init_adapter), cfg.adapter_size)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.peak_learning_rate, weight_decay=0.0)

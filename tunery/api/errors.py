@@ -1,0 +1,62 @@
+"""One mapping from errors to Vertex's JSON error shape: {"error": {"code": HTTP status, "message", "status"}}."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunery.errors import ConfigError, DatasetError, ModelIntegrityError, ModelNotFoundError, TuneryError
+from tunery.jobs.states import IllegalTransition
+
+STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+          405: "METHOD_NOT_ALLOWED", 409: "ALREADY_EXISTS", 412: "FAILED_PRECONDITION", 429: "RESOURCE_EXHAUSTED",
+          500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE"}
+
+
+class ApiError(Exception):
+    """An error with its HTTP status; `status_name` overrides the canonical name (e.g. 400 FAILED_PRECONDITION)."""
+
+    def __init__(self, http: int, message: str, status_name: str | None = None) -> None:
+        super().__init__(message)
+        self.http, self.message, self.status_name = http, message, status_name or STATUS.get(http, "UNKNOWN")
+
+
+def error_body(http: int, message: str, status_name: str | None = None) -> dict:
+    return {"error": {"code": http, "message": message, "status": status_name or STATUS.get(http, "UNKNOWN")}}
+
+
+def _from_tunery(exc: TuneryError) -> ApiError:
+    text = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+    if isinstance(exc, IllegalTransition):
+        return ApiError(400, text, "FAILED_PRECONDITION")
+    if isinstance(exc, ModelNotFoundError):
+        return ApiError(400, text)
+    if isinstance(exc, (ConfigError, DatasetError, ModelIntegrityError)):
+        return ApiError(400, text)
+    return ApiError(400, text)
+
+
+def install(app) -> None:
+    """Register the handlers that turn every failure into the Vertex error shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError):
+        return JSONResponse(error_body(exc.http, exc.message, exc.status_name), status_code=exc.http)
+
+    @app.exception_handler(TuneryError)
+    async def _tunery(_: Request, exc: TuneryError):
+        e = _from_tunery(exc)
+        return JSONResponse(error_body(e.http, e.message, e.status_name), status_code=e.http)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse(error_body(400, f"{where}: {first.get('msg', 'invalid request')}"), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        message = "no such route" if exc.status_code == 404 else str(exc.detail)
+        return JSONResponse(error_body(exc.status_code, message), status_code=exc.status_code)

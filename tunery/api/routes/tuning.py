@@ -1,0 +1,189 @@
+"""Tuning jobs, tuned models and endpoints."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from fastapi import APIRouter, Body
+
+from tunery import models
+from tunery.api import datasets, wire
+from tunery.api.app import Services, Svc
+from tunery.api.errors import ApiError
+from tunery.api.wire import get
+from tunery.config import TuningConfig
+from tunery.data.validate import Limits, validate
+from tunery.jobs import states
+from tunery.jobs.store import Job
+
+router = APIRouter()
+PLACE = "/projects/{project}/locations/{location}"
+OTHER_SPECS = ("preferenceOptimizationSpec", "distillationSpec", "reinforcementTuningSpec", "fullFineTuningSpec")
+
+
+def _job_json(svc: Services, job: Job) -> dict:
+    model = svc.store.get_model(job.model_id) if job.model_id else None
+    return wire.job_json(job, model, svc.store.endpoints_of(model.id) if model else [])
+
+
+def _job_or_404(svc: Services, job_id: str) -> Job:
+    job = svc.store.get_job(job_id)
+    if job is None:
+        raise ApiError(404, f"tuning job {job_id} not found")
+    return job
+
+
+def _tuned_model(svc: Services, name: str, field: str):
+    model_id = re.sub(r"@.*$", "", name.rsplit("/", 1)[-1])
+    model = svc.store.get_model(model_id)
+    if model is None:
+        raise ApiError(404, f"{field}: tuned model {name} not found")
+    return model
+
+
+def _config(svc: Services, body: dict) -> tuple[dict, str]:
+    """TuningConfig fields from a create request, every field checked; and the resolved base model name."""
+    for key in OTHER_SPECS:
+        if get(body, key):
+            raise ApiError(400, f"{key}: tunery supports supervised tuning only (supervisedTuningSpec)")
+    spec = get(body, "supervisedTuningSpec")
+    if not isinstance(spec, dict) or not get(spec, "trainingDatasetUri"):
+        raise ApiError(400, "supervisedTuningSpec.trainingDatasetUri: required (the training dataset's path or URI)")
+    roots, allow_http = svc.settings.allowed_roots, svc.settings.allow_http_datasets
+    cfg: dict = {"train": datasets.resolve(get(spec, "trainingDatasetUri"), "supervisedTuningSpec.trainingDatasetUri",
+                                           roots, allow_http)}
+    if get(spec, "validationDatasetUri"):
+        cfg["validation"] = datasets.resolve(get(spec, "validationDatasetUri"), "supervisedTuningSpec.validationDatasetUri",
+                                             roots, allow_http)
+    cfg |= wire.hyperparameters(spec)
+    cfg["export_last_checkpoint_only"] = bool(get(spec, "exportLastCheckpointOnly"))
+    pre = get(body, "preTunedModel")
+    if pre:
+        model = _tuned_model(svc, get(pre, "tunedModelName") or "", "preTunedModel.tunedModelName")
+        ckpt = get(pre, "checkpointId")
+        paths = {c["checkpointId"]: c["path"] for c in model.checkpoints}
+        if ckpt and ckpt not in paths:
+            raise ApiError(400, f"preTunedModel.checkpointId: expected one of {', '.join(paths)}, found {ckpt!r}")
+        cfg["init_adapter"] = paths[ckpt] if ckpt else model.adapter_dir
+        rank = json.loads((Path(cfg["init_adapter"]) / "adapter_config.json").read_text())["r"]
+        cfg.setdefault("adapter_size", rank)
+        base = model.base_model
+    else:
+        base = get(body, "baseModel")
+        if not base:
+            raise ApiError(400, "baseModel: required (or preTunedModel to continue from a tuned model)")
+    resolved = models.resolve(base)
+    cfg["base_model"] = resolved.name
+    TuningConfig(**cfg, output="-")  # range checks, with the flag named
+    _validate_small(svc, cfg, resolved)
+    return cfg, resolved.name
+
+
+def _validate_small(svc: Services, cfg: dict, spec: models.BaseModelSpec) -> None:
+    """Small local datasets are validated before create returns, so their errors come back as a 400."""
+    files = [cfg["train"]] + ([cfg["validation"]] if cfg.get("validation") else [])
+    if not all(Path(f).is_file() and Path(f).stat().st_size <= svc.settings.validate_on_create_bytes for f in files):
+        return
+    report = validate(cfg["train"], cfg.get("validation"), template=models.load_template(spec),
+                      limits=Limits(spec.max_tokens, "the base model's limit"), max_issues=20)
+    if not report.valid:
+        errors = [i for i in report.issues if i.severity == "error"]
+        lines = "; ".join(str(i) for i in errors[:5])
+        more = sum(f.errors for f in report.files) - len(errors[:5])
+        raise ApiError(400, f"the dataset has errors: {lines}" + (f" (and {more} more)" if more > 0 else ""))
+
+
+@router.post(PLACE + "/tuningJobs")
+def create_tuning_job(project: str, location: str, svc: Svc, body: dict = Body(...)) -> dict:
+    cfg, resolved = _config(svc, body)
+    request = {**body, "baseModel": resolved, "_config": cfg}
+    if get(body, "baseModel") and get(body, "baseModel") != resolved:
+        request["requestedBaseModel"] = get(body, "baseModel")
+    job = svc.store.create_job(project, location, request, svc.settings.home / "jobs")
+    return _job_json(svc, job)
+
+
+@router.get(PLACE + "/tuningJobs/{job_id}")
+def get_tuning_job(project: str, location: str, job_id: str, svc: Svc) -> dict:
+    return _job_json(svc, _job_or_404(svc, job_id))
+
+
+def _page(page_size: int | None, page_token: str | None) -> tuple[int, int]:
+    size = 100 if page_size in (None, 0) else page_size
+    if not 1 <= size <= 1000:
+        raise ApiError(400, f"pageSize: expected 1 to 1000, found {page_size}")
+    if page_token and not page_token.isdigit():
+        raise ApiError(400, f"pageToken: not a token this server issued: {page_token!r}")
+    return size, int(page_token or 0)
+
+
+@router.get(PLACE + "/tuningJobs")
+def list_tuning_jobs(project: str, location: str, svc: Svc, pageSize: int | None = None, pageToken: str | None = None,
+                     filter: str | None = None) -> dict:
+    size, offset = _page(pageSize, pageToken)
+    wanted = None
+    if filter:
+        wanted = set(re.findall(r"JOB_STATE_[A-Z_]+", filter))
+        if not wanted or not re.fullmatch(r'[\s()"]*state\s*[:=]\s*.*', filter) or not wanted <= set(states.ALL):
+            raise ApiError(400, f"filter: expected state=\"JOB_STATE_...\" (OR-ed), found {filter!r}")
+    jobs, nxt = svc.store.list_jobs(project, location, size, offset, wanted)
+    out: dict = {"tuningJobs": [_job_json(svc, j) for j in jobs]}
+    if nxt is not None:
+        out["nextPageToken"] = str(nxt)
+    return out
+
+
+@router.post(PLACE + "/tuningJobs/{job_id}:cancel")
+def cancel_tuning_job(project: str, location: str, job_id: str, svc: Svc) -> dict:
+    job = _job_or_404(svc, job_id)
+    if job.state in states.ENDED:
+        raise ApiError(400, f"tuning job {job_id} has already ended ({job.state})", "FAILED_PRECONDITION")
+    if job.state == states.PENDING:
+        svc.store.transition(job_id, states.CANCELLED, error={"code": 1, "message": "CANCELED"}, ended=True)
+    elif job.state == states.RUNNING:
+        svc.store.transition(job_id, states.CANCELLING)
+    return {}
+
+
+@router.get(PLACE + "/models/{model_id}")
+def get_model(project: str, location: str, model_id: str, svc: Svc) -> dict:
+    model = _tuned_model(svc, model_id, "name")
+    return wire.model_json(model, svc.store.endpoints_of(model.id))
+
+
+@router.get(PLACE + "/models")
+def list_models(project: str, location: str, svc: Svc, pageSize: int | None = None, pageToken: str | None = None) -> dict:
+    size, offset = _page(pageSize, pageToken)
+    found, nxt = svc.store.list_models(project, location, size, offset)
+    out: dict = {"models": [wire.model_json(m, svc.store.endpoints_of(m.id)) for m in found]}
+    if nxt is not None:
+        out["nextPageToken"] = str(nxt)
+    return out
+
+
+@router.delete(PLACE + "/models/{model_id}")
+def delete_model(project: str, location: str, model_id: str, svc: Svc) -> dict:
+    """Vertex cannot delete tuned models; tunery can: rows, loaded adapters and files go."""
+    model = _tuned_model(svc, model_id, "name")
+    svc.registry.forget(model.adapter_dir)
+    for c in model.checkpoints:
+        svc.registry.forget(c["path"])
+    svc.store.delete_model(model.id)
+    run = Path(model.adapter_dir).parent
+    for sub in ("adapter", "checkpoints"):
+        shutil.rmtree(run / sub, ignore_errors=True)
+    return {}
+
+
+@router.get(PLACE + "/endpoints/{endpoint_id}")
+def get_endpoint(project: str, location: str, endpoint_id: str, svc: Svc) -> dict:
+    ep = svc.store.get_endpoint(endpoint_id)
+    if ep is None:
+        raise ApiError(404, f"endpoint {endpoint_id} not found")
+    model = svc.store.get_model(ep.model_id)
+    return {"name": ep.name, "displayName": f"{model.display_name or model.id}" + (f" checkpoint {ep.checkpoint_id}" if ep.checkpoint_id else ""),
+            "createTime": ep.create_time, "deployedModels": [{"id": model.id, "model": model.name,
+                                                              "checkpointId": ep.checkpoint_id}]}

@@ -1,0 +1,1 @@
+"""Jobs: the state machine (states), the only SQL (store, migrations), and the worker that runs tunings."""

@@ -1,0 +1,79 @@
+"""The process that runs one tuning job: `python -m tunery.jobs.child RUN_DIR`.
+
+Reads RUN_DIR/job.json (TuningConfig fields), runs `train()`, and reports through files the worker reads:
+progress.json while running and result.json at the end (both written atomically). A crash leaves no
+result.json; the worker then requeues the job, and the next attempt resumes from the last complete state.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from tunery.config import TuningConfig
+from tunery.errors import ConfigError, DatasetError, TrainingError, TuneryError
+from tunery.jobs import states
+from tunery.train.checkpoints import write_json
+
+JOB_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "job.json", "progress.json", "result.json", "log.txt"
+# google.rpc.Code values used in job errors
+INVALID_ARGUMENT, RESOURCE_EXHAUSTED, INTERNAL = 3, 8, 13
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the server process dies, so no tuning outlives it (the next server resumes it)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run(run_dir: Path) -> int:
+    from tunery.train.engine import train
+
+    spec = json.loads((run_dir / JOB_FILE).read_text())
+    cfg = TuningConfig(**spec["config"], output=str(run_dir / "run"))
+    progress: dict = {"detail": states.PROCESSING_DATASET}
+
+    def on_event(e: dict) -> None:
+        if e["event"] == "dataset":
+            progress.update(stats=e["stats"], detail=states.TUNING)
+        elif e["event"] == "start":
+            progress.update(totalSteps=e["total_steps"], epochs=e["epochs"], detail=states.TUNING)
+        elif e["event"] == "step":
+            progress.update(completedStepCount=e["step"], completedEpochCount=int(e["epoch"]))
+            if e["step"] == e["total_steps"]:
+                progress["detail"] = states.POST_PROCESSING
+        else:
+            return
+        write_json(run_dir / PROGRESS_FILE, progress)
+
+    write_json(run_dir / PROGRESS_FILE, progress)
+    try:
+        result = train(cfg, on_event)
+    except (ConfigError, DatasetError, TrainingError) as exc:
+        code = RESOURCE_EXHAUSTED if "out of memory" in exc.message else INVALID_ARGUMENT
+        write_json(run_dir / RESULT_FILE, {"status": "failed", "error": {"code": code, "message": str(exc)}})
+        return 1
+    except TuneryError as exc:
+        write_json(run_dir / RESULT_FILE, {"status": "failed", "error": {"code": INVALID_ARGUMENT, "message": str(exc)}})
+        return 1
+    except Exception as exc:  # a bug: report it on the job, keep the traceback in the log
+        traceback.print_exc()
+        write_json(run_dir / RESULT_FILE, {"status": "failed", "error": {"code": INTERNAL, "message": f"internal error: {exc!r}"}})
+        return 2
+    write_json(run_dir / RESULT_FILE, {
+        "status": "succeeded", "adapter": str(result.output / "adapter"), "steps": result.steps, "epochs": result.epochs,
+        "metrics": result.metrics, "checkpoints": [{k: c[k] for k in ("checkpointId", "epoch", "step", "path")} for c in result.checkpoints],
+        "stats": progress.get("stats"),
+        "base_model": json.loads((result.output / "run.json").read_text())["base_model"]["name"]})
+    return 0
+
+
+if __name__ == "__main__":
+    _die_with_parent()
+    sys.exit(run(Path(sys.argv[1])))

@@ -1,0 +1,260 @@
+"""The only module that speaks SQL: jobs, tuned models and endpoints in one SQLite file (WAL mode).
+
+State changes run in BEGIN IMMEDIATE transactions and go through `states.check`, so two threads (or a worker and
+an API request) can never move a job along an illegal path.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tunery.jobs import states
+from tunery.jobs.migrations import migrate
+
+
+def now() -> str:
+    """RFC 3339 UTC timestamp with microseconds, as Vertex sends them."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_id() -> str:
+    """A numeric resource id like Vertex's (19 digits): time-ordered, with random low digits."""
+    return str(time.time_ns() // 1000 * 1000 + secrets.randbelow(1000))[-19:].rjust(19, "1")
+
+
+def _loads(v: str | None) -> Any:
+    return json.loads(v) if v else None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    project: str
+    location: str
+    state: str
+    detail_state: str | None
+    request: dict
+    create_time: str
+    update_time: str
+    start_time: str | None
+    end_time: str | None
+    error: dict | None
+    stats: dict | None
+    metadata: dict | None
+    run_dir: str
+    model_id: str | None
+    attempts: int
+
+    @property
+    def name(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}/tuningJobs/{self.id}"
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    project: str
+    location: str
+    job_id: str
+    display_name: str | None
+    description: str | None
+    base_model: str
+    adapter_dir: str
+    checkpoints: list[dict]
+    labels: dict | None
+    create_time: str
+    update_time: str
+
+    @property
+    def name(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}/models/{self.id}"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    project: str
+    location: str
+    model_id: str
+    checkpoint_id: str | None
+    create_time: str
+
+    @property
+    def name(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}/endpoints/{self.id}"
+
+
+def _job(row: sqlite3.Row) -> Job:
+    d = dict(row)
+    for key in ("request", "error", "stats", "metadata"):
+        d[key] = _loads(d[key])
+    return Job(**d)
+
+
+def _model(row: sqlite3.Row) -> Model:
+    d = dict(row)
+    d["checkpoints"], d["labels"] = json.loads(d["checkpoints"]), _loads(d["labels"])
+    return Model(**d)
+
+
+class Store:
+    """Thread-safe access to tunery.db: one connection per thread, autocommit outside explicit transactions."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        db = self._db()
+        db.execute("PRAGMA journal_mode=WAL")
+        migrate(db)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=30000")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # ---------------------------------------------------------------- jobs
+
+    def create_job(self, project: str, location: str, request: dict, runs_root: Path) -> Job:
+        job_id, ts = new_id(), now()
+        run_dir = str(runs_root / job_id)
+        with self._tx() as db:
+            db.execute("INSERT INTO jobs (id, project, location, state, detail_state, request, create_time, update_time, run_dir)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (job_id, project, location, states.PENDING, states.WAITING_FOR_QUOTA, json.dumps(request), ts, ts, run_dir))
+        return self.get_job(job_id)  # type: ignore[return-value]
+
+    def get_job(self, job_id: str) -> Job | None:
+        row = self._db().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def list_jobs(self, project: str, location: str, page_size: int, offset: int, state_in: set[str] | None = None
+                  ) -> tuple[list[Job], int | None]:
+        """Newest first. Returns the page and the next offset (None on the last page)."""
+        sql, args = "SELECT * FROM jobs WHERE project = ? AND location = ?", [project, location]
+        if state_in:
+            sql += f" AND state IN ({','.join('?' * len(state_in))})"
+            args += sorted(state_in)
+        rows = self._db().execute(sql + " ORDER BY create_time DESC, id DESC LIMIT ? OFFSET ?",
+                                  (*args, page_size + 1, offset)).fetchall()
+        more = len(rows) > page_size
+        return [_job(r) for r in rows[:page_size]], (offset + page_size if more else None)
+
+    def jobs_in(self, *state_list: str) -> list[Job]:
+        """Jobs in any of these states, oldest first (the worker's queue order)."""
+        rows = self._db().execute(f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(state_list))})"
+                                  " ORDER BY create_time, id", state_list).fetchall()
+        return [_job(r) for r in rows]
+
+    def transition(self, job_id: str, target: str, *, detail: str | None = None, error: dict | None = None,
+                   started: bool = False, ended: bool = False, attempt: bool = False, model_id: str | None = None) -> Job:
+        """Move a job to `target` if the table allows it; timestamps and fields change in the same transaction."""
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(job_id)
+            states.check(row["state"], target)
+            ts = now()
+            sets, args = ["state = ?", "update_time = ?", "detail_state = ?"], [target, ts, detail]
+            if error is not None:
+                sets.append("error = ?")
+                args.append(json.dumps(error))
+            if started:
+                sets.append("start_time = COALESCE(start_time, ?)")
+                args.append(ts)
+            if ended:
+                sets.append("end_time = ?")
+                args.append(ts)
+            if attempt:
+                sets.append("attempts = attempts + 1")
+            if model_id is not None:
+                sets.append("model_id = ?")
+                args.append(model_id)
+            db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
+        return self.get_job(job_id)  # type: ignore[return-value]
+
+    def update_progress(self, job_id: str, *, detail: str | None = None, stats: dict | None = None,
+                        metadata: dict | None = None) -> None:
+        """Progress of a running job (no state change)."""
+        sets, args = ["update_time = ?"], [now()]
+        for col, value in (("detail_state", detail), ("stats", stats), ("metadata", metadata)):
+            if value is not None:
+                sets.append(f"{col} = ?")
+                args.append(value if col == "detail_state" else json.dumps(value))
+        self._db().execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state = ?",
+                           (*args, job_id, states.RUNNING))
+
+    # ---------------------------------------------------------------- tuned models and endpoints
+
+    def finish_job(self, job: Job, base_model: str, adapter_dir: str, checkpoints: list[dict],
+                   metadata: dict) -> tuple[Job, Model]:
+        """RUNNING -> SUCCEEDED and register the tuned model with one endpoint per checkpoint, atomically."""
+        model_id, ts = new_id(), now()
+        req = job.request
+        with self._tx() as db:
+            state = db.execute("SELECT state FROM jobs WHERE id = ?", (job.id,)).fetchone()["state"]
+            states.check(state, states.SUCCEEDED)
+            db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (model_id, job.project, job.location, job.id, req.get("tunedModelDisplayName"),
+                        req.get("description"), base_model, adapter_dir, json.dumps(checkpoints),
+                        json.dumps(req.get("labels") or {}), ts, ts))
+            for checkpoint_id in [None] + [c["checkpointId"] for c in checkpoints]:
+                db.execute("INSERT INTO endpoints VALUES (?, ?, ?, ?, ?, ?)",
+                           (new_id(), job.project, job.location, model_id, checkpoint_id, ts))
+            db.execute("UPDATE jobs SET state = ?, detail_state = NULL, update_time = ?, end_time = ?, model_id = ?,"
+                       " metadata = ? WHERE id = ?", (states.SUCCEEDED, ts, ts, model_id, json.dumps(metadata), job.id))
+        return self.get_job(job.id), self.get_model(model_id)  # type: ignore[return-value]
+
+    def get_model(self, model_id: str) -> Model | None:
+        row = self._db().execute("SELECT * FROM models WHERE id = ?", (model_id,)).fetchone()
+        return _model(row) if row else None
+
+    def list_models(self, project: str, location: str, page_size: int, offset: int) -> tuple[list[Model], int | None]:
+        rows = self._db().execute("SELECT * FROM models WHERE project = ? AND location = ? ORDER BY create_time DESC, id DESC"
+                                  " LIMIT ? OFFSET ?", (project, location, page_size + 1, offset)).fetchall()
+        more = len(rows) > page_size
+        return [_model(r) for r in rows[:page_size]], (offset + page_size if more else None)
+
+    def delete_model(self, model_id: str) -> Model | None:
+        """Remove a tuned model and its endpoints (rows only; the caller removes files)."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM models WHERE id = ?", (model_id,)).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM models WHERE id = ?", (model_id,))
+        return _model(row)
+
+    def endpoints_of(self, model_id: str) -> list[Endpoint]:
+        rows = self._db().execute("SELECT * FROM endpoints WHERE model_id = ? ORDER BY checkpoint_id IS NOT NULL,"
+                                  " CAST(checkpoint_id AS INTEGER)", (model_id,)).fetchall()
+        return [Endpoint(**dict(r)) for r in rows]
+
+    def get_endpoint(self, endpoint_id: str) -> Endpoint | None:
+        row = self._db().execute("SELECT * FROM endpoints WHERE id = ?", (endpoint_id,)).fetchone()
+        return Endpoint(**dict(row)) if row else None
