@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -187,3 +188,130 @@ def test_unknown_job_and_route_are_not_found(server):
     assert r.status_code == 404 and r.json() == {"error": {"code": 404, "message": "tuning job 123 not found", "status": "NOT_FOUND"}}
     r = httpx.get(f"{server.url}/v1beta1/nothing/here")
     assert r.status_code == 404 and r.json()["error"]["status"] == "NOT_FOUND"
+
+
+def test_list_pages_through_the_sdk_pager(server, home):
+    body = {"baseModel": "gemini-2.0-flash-001", "supervisedTuningSpec": {"trainingDatasetUri": str(home / "data" / "train.jsonl")}}
+    names = []
+    for _ in range(3):
+        r = httpx.post(f"{server.url}/v1beta1/projects/pager/locations/l/tuningJobs", json=body)
+        names.append(r.json()["name"])
+        httpx.post(f"{server.url}/v1beta1/{names[-1]}:cancel")
+    import google.oauth2.credentials
+    from google import genai
+
+    client = genai.Client(vertexai=True, project="pager", location="l",
+                          credentials=google.oauth2.credentials.Credentials(token="t"), http_options={"base_url": server.url})
+    pager = client.tunings.list(config={"page_size": 2})
+    assert len(pager.page) == 2
+    assert sorted(j.name for j in pager) == sorted(names)  # iterating fetches the next page
+    r = httpx.get(f"{server.url}/v1beta1/projects/pager/locations/l/tuningJobs", params={"filter": 'state="JOB_STATE_RUNNING"'})
+    assert r.json() == {"tuningJobs": []}
+    r = httpx.get(f"{server.url}/v1beta1/projects/pager/locations/l/tuningJobs", params={"filter": "name=x"})
+    assert r.status_code == 400 and "filter" in r.json()["error"]["message"]
+
+
+def test_streaming_count_and_compute_tokens(server, tuned):
+    client = sdk(server.url)
+    endpoint = tuned.tuned_model.endpoint
+    chunks = list(client.models.generate_content_stream(model=endpoint, contents="Colour 1: green?",
+                                                        config={"max_output_tokens": 6}))
+    assert len(chunks) >= 2 and chunks[-1].candidates[0].finish_reason.name in ("STOP", "MAX_TOKENS")
+    assert chunks[-1].usage_metadata.total_token_count > 0
+    streamed = "".join(c.text or "" for c in chunks)
+    whole = client.models.generate_content(model=endpoint, contents="Colour 1: green?", config={"max_output_tokens": 6})
+    assert streamed == whole.text  # greedy: the stream carries the same text
+    count = client.models.count_tokens(model=endpoint, contents="Colour 1: green?")
+    computed = client.models.compute_tokens(model=endpoint, contents="Colour 1: green?")
+    assert count.total_tokens == len(computed.tokens_info[0].token_ids) == whole.usage_metadata.prompt_token_count
+
+
+def test_base_model_by_publisher_name_and_chat(server):
+    client = sdk(server.url)
+    r = client.models.generate_content(model="gemini-2.0-flash-001", contents="hello",
+                                       config={"system_instruction": "Be brief.", "max_output_tokens": 4, "temperature": 0.7,
+                                               "top_k": 40, "top_p": 0.9, "seed": 1})
+    assert r.candidates and r.usage_metadata.candidates_token_count <= 4
+    chat = client.chats.create(model="gemini-2.0-flash-001", config={"max_output_tokens": 3})
+    chat.send_message("hi")
+    second = chat.send_message("and again")
+    assert second.usage_metadata.prompt_token_count > r.usage_metadata.prompt_token_count  # history was sent
+    info = httpx.get(f"{server.url}/v1beta1/publishers/google/models/gemini-2.0-flash-001").json()
+    assert info["name"] == "publishers/google/models/gemini-2.0-flash-001"
+
+
+def test_generate_rejects_bad_requests(server, tuned):
+    url = f"{server.url}/v1beta1/{tuned.tuned_model.endpoint}:generateContent"
+    cases = [({"contents": []}, "contents: expected at least one Content"),
+             ({"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": ""}}]}]},
+              "inlineData parts are not supported"),
+             ({"contents": [{"role": "model", "parts": [{"text": "x"}]}]}, "the last turn must be from the user"),
+             ({"contents": [{"role": "user", "parts": [{"text": "x"}]}], "generationConfig": {"temperature": 5}},
+              "generationConfig.temperature"),
+             ({"contents": [{"role": "user", "parts": [{"text": "x"}]}], "generationConfig": {"maxOutputTokens": 0}},
+              "generationConfig.maxOutputTokens")]
+    for body, fragment in cases:
+        r = httpx.post(url, json=body)
+        assert r.status_code == 400 and fragment in r.json()["error"]["message"], (body, r.text)
+    r = httpx.post(f"{server.url}/v1beta1/projects/p/locations/l/endpoints/999:generateContent",
+                   json={"contents": [{"role": "user", "parts": [{"text": "x"}]}]})
+    assert r.status_code == 404
+
+
+def test_tuned_models_can_be_listed_and_deleted(server, home):
+    """Vertex cannot delete tuned models; tunery deletes the model, its endpoints and its files."""
+    from google.genai import types
+
+    client = sdk(server.url)
+    job = wait_done(client, client.tunings.tune(
+        base_model="gemini-2.0-flash-001", training_dataset=types.TuningDataset(gcs_uri=str(home / "data" / "train.jsonl")),
+        config=types.CreateTuningJobConfig(epoch_count=1)).name)
+    model_name = job.tuned_model.model.split("@")[0]
+    listed = httpx.get(f"{server.url}/v1beta1/projects/my-project/locations/us-central1/models").json()["models"]
+    assert model_name in [m["name"] for m in listed]
+    adapter = Path(server.services.store.get_model(model_name.rsplit("/", 1)[1]).adapter_dir)
+    assert adapter.is_dir()
+    r = httpx.delete(f"{server.url}/v1beta1/{model_name}")
+    assert r.status_code == 200 and r.json() == {}
+    assert httpx.get(f"{server.url}/v1beta1/{model_name}").status_code == 404
+    assert not adapter.exists()
+    gone = httpx.post(f"{server.url}/v1beta1/{job.tuned_model.endpoint}:generateContent",
+                      json={"contents": [{"role": "user", "parts": [{"text": "x"}]}]})
+    assert gone.status_code == 404
+    assert "tunedModel" not in httpx.get(f"{server.url}/v1beta1/{job.name}").json()
+
+
+def test_every_route_requires_the_api_key_when_set(home, tmp_path):
+    keyed_home = tmp_path / "keyed"
+    keyed_home.mkdir()
+    with LiveServer(keyed_home, api_key="s3cret", start_worker=False) as live:
+        paths = live.app.openapi()["paths"]
+        assert len(paths) >= 20
+        checked = 0
+        for path, methods in paths.items():
+            concrete = path.replace("{project}", "p").replace("{location}", "l").replace("{method}", "generateContent")
+            concrete = re.sub(r"\{[a-z_]+\}", "1", concrete)
+            for method in methods:
+                r = httpx.request(method.upper(), live.url + concrete, json={})
+                assert r.status_code == 401, (method, concrete, r.status_code)
+                assert r.json()["error"]["status"] == "UNAUTHENTICATED"
+                ok = httpx.request(method.upper(), live.url + concrete, json={}, headers={"Authorization": "Bearer s3cret"})
+                assert ok.status_code != 401
+                checked += 1
+        assert checked >= 24
+        r = httpx.get(live.url + "/v1beta1/projects/p/locations/l/tuningJobs", headers={"x-goog-api-key": "s3cret"})
+        assert r.status_code == 200
+        from google import genai
+
+        client = genai.Client(vertexai=True, api_key="s3cret", project="p", location="l",
+                              http_options={"base_url": live.url})
+        assert list(client.tunings.list()) == []
+
+
+def test_non_loopback_host_without_key_refuses_to_start():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "tunery.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "refusing to listen on 0.0.0.0 without an API key" in proc.stderr
