@@ -315,3 +315,29 @@ def test_non_loopback_host_without_key_refuses_to_start():
     proc = subprocess.run([sys.executable, "-m", "tunery.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "refusing to listen on 0.0.0.0 without an API key" in proc.stderr
+
+
+def test_continuous_tuning_from_a_tuned_model_checkpoint(server, home, tuned):
+    from google.genai import types
+
+    from tunery.train import metrics as mt
+
+    client = sdk(server.url)
+    job = client.tunings.tune(base_model=tuned.tuned_model.model,
+                              training_dataset=types.TuningDataset(gcs_uri=str(home / "data" / "train.jsonl")),
+                              config=types.CreateTuningJobConfig(epoch_count=1, pre_tuned_model_checkpoint_id="1"))
+    done = wait_done(client, job.name)
+    assert done.state.name == "JOB_STATE_SUCCEEDED", done.error
+    assert done.pre_tuned_model.tuned_model_name == tuned.tuned_model.model
+    store = server.services.store
+    first_run = home / "jobs" / tuned.name.rsplit("/", 1)[1] / "run"
+    second_run = home / "jobs" / done.name.rsplit("/", 1)[1] / "run"
+    identity = json.loads((second_run / "run.json").read_text())
+    assert identity["hyperparameters"]["init_adapter"].endswith("checkpoints/checkpoint-1")
+    # it starts where checkpoint 1 left off, not from a fresh adapter
+    assert mt.read_metrics(second_run)[0][mt.TRAIN_LOSS] < mt.read_metrics(first_run)[0][mt.TRAIN_LOSS]
+    bad = httpx.post(f"{server.url}/v1beta1/projects/my-project/locations/us-central1/tuningJobs",
+                     json={"preTunedModel": {"tunedModelName": tuned.tuned_model.model, "checkpointId": "9"},
+                           "supervisedTuningSpec": {"trainingDatasetUri": str(home / "data" / "train.jsonl")}})
+    assert bad.status_code == 400 and "preTunedModel.checkpointId: expected one of 1, 2" in bad.json()["error"]["message"]
+    assert store.get_job(done.name.rsplit("/", 1)[1]).state == "JOB_STATE_SUCCEEDED"
