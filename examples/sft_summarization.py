@@ -82,6 +82,8 @@ def main() -> None:
             scores.append(scorer.score(target=item["output_text"], prediction=response.text)["rougeL"].precision)
         return sum(scores) / max(len(scores), 1)
 
+    # Step 5: test the base model
+    print("Base model:", client.models.generate_content(model=base_model, contents=corpus[0]["input_text"], config=config).text)
     before = run_evaluation(base_model, corpus)
     print(f"Mean rougeL_precision before tuning: {before:.4f}")
 
@@ -106,8 +108,8 @@ def main() -> None:
     print("Tuned model endpoint resource name:", tuned_model)
 
     # Step 8 and 9: the tuned model, and evaluation after tuning
-    print("***Testing***")
-    print(client.models.generate_content(model=tuned_model, contents=corpus[0]["input_text"], config=config).text)
+    print("Tuned model:", client.models.generate_content(model=tuned_model, contents=corpus[0]["input_text"], config=config).text)
+    print("Ground truth:", corpus[0]["output_text"])
     after = run_evaluation(tuned_model, corpus)
     print(f"Mean rougeL_precision after tuning: {after:.4f}")
     improvement = round((after - before) / before * 100, 2) if before else float("inf")

@@ -339,6 +339,168 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_co
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
 
 
+def _client_options(f):
+    from tunery.client import DEFAULT_SERVER
+
+    for opt in (click.option("--server", envvar="TUNERY_SERVER", default=DEFAULT_SERVER, show_default=True, help="tunery server URL."),
+                click.option("--project", default="local", show_default=True),
+                click.option("--location", default="us-central1", show_default=True),
+                click.option("--api-key", envvar="TUNERY_API_KEY", help="The server's API key, if it has one.")):
+        f = opt(f)
+    return f
+
+
+def _client(server, project, location, api_key):
+    from tunery.client import Client
+
+    return Client(server=server, project=project, location=location, api_key=api_key)
+
+
+@cli.group("jobs")
+def jobs_group():
+    """Tuning jobs on a tunery server (the `gcloud ai tuning-jobs` analog)."""
+
+
+@jobs_group.command("create")
+@click.option("--train", "train_file", required=True, help="Training dataset path (as the server sees it) or URI.")
+@click.option("--validation", help="Validation dataset path or URI.")
+@click.option("--base-model", default="gemini-2.0-flash-001", show_default=True)
+@click.option("--epochs", type=int)
+@click.option("--adapter-size", type=click.Choice(["1", "2", "4", "8", "16"]))
+@click.option("--learning-rate-multiplier", type=float)
+@click.option("--display-name", help="Tuned model display name.")
+@click.option("--wait", is_flag=True, help="Poll until the job ends.")
+@_client_options
+def jobs_create(train_file, validation, base_model, epochs, adapter_size, learning_rate_multiplier, display_name, wait,
+                server, project, location, api_key):
+    """Create a tuning job. Example: tunery jobs create --train data/train.jsonl --epochs 3 --wait"""
+    import time
+
+    from tunery.api.wire import ADAPTER_SIZE_NAMES
+
+    c = _client(server, project, location, api_key)
+    hp = {k: v for k, v in {"epochCount": epochs, "learningRateMultiplier": learning_rate_multiplier,
+                            "adapterSize": ADAPTER_SIZE_NAMES[int(adapter_size)] if adapter_size else None}.items() if v is not None}
+    spec = {"trainingDatasetUri": str(Path(train_file).resolve()) if Path(train_file).exists() else train_file,
+            "hyperParameters": hp}
+    if validation:
+        spec["validationDatasetUri"] = str(Path(validation).resolve()) if Path(validation).exists() else validation
+    body = {"baseModel": base_model, "supervisedTuningSpec": spec}
+    if display_name:
+        body["tunedModelDisplayName"] = display_name
+    job = c.call("POST", f"{c.place}/tuningJobs", json=body)
+    out.print(f"{job['name']} {job['state']}")
+    while wait and job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"):
+        time.sleep(3)
+        job = c.call("GET", job["name"])
+        meta = job.get("tuningJobMetadata", {})
+        err.print(f"  {job['state']} {job.get('tuningJobState', '')} step {meta.get('completedStepCount', 0)}")
+    if wait:
+        _print_job(job)
+        sys.exit(0 if job["state"] == "JOB_STATE_SUCCEEDED" else 1)
+
+
+def _print_job(job: dict) -> None:
+    out.print(f"{job['name']}\n  state: {job['state']}  base model: {job.get('baseModel', '')}  created: {job['createTime']}")
+    if "error" in job:
+        out.print(f"  error: {escape(job['error'].get('message', ''))}")
+    if "tunedModel" in job:
+        out.print(f"  tuned model: {job['tunedModel']['model']}\n  endpoint: {job['tunedModel']['endpoint']}")
+
+
+@jobs_group.command("list")
+@click.option("--state", help="Only jobs in this state, e.g. JOB_STATE_SUCCEEDED.")
+@click.option("--json", "as_json", is_flag=True)
+@_client_options
+def jobs_list(state, as_json, server, project, location, api_key):
+    """List tuning jobs, newest first. Example: tunery jobs list --state JOB_STATE_RUNNING"""
+    c = _client(server, project, location, api_key)
+    jobs, token = [], None
+    while True:
+        params = {"pageSize": 100, **({"pageToken": token} if token else {}), **({"filter": f'state="{state}"'} if state else {})}
+        page = c.call("GET", f"{c.place}/tuningJobs", params=params)
+        jobs += page.get("tuningJobs", [])
+        token = page.get("nextPageToken")
+        if not token:
+            break
+    if as_json:
+        click.echo(json.dumps(jobs))
+        return
+    for j in jobs:
+        out.print(f"{j['name'].rsplit('/', 1)[1]}  {j['state']:22s} {j.get('tunedModelDisplayName', '')}  {j['createTime']}")
+
+
+@jobs_group.command("describe")
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True)
+@_client_options
+def jobs_describe(job, as_json, server, project, location, api_key):
+    """Show one job (id or full name). Example: tunery jobs describe 1234567890123456789"""
+    c = _client(server, project, location, api_key)
+    data = c.call("GET", c.name("tuningJobs", job))
+    click.echo(json.dumps(data, indent=1)) if as_json else _print_job(data)
+
+
+@jobs_group.command("cancel")
+@click.argument("job")
+@_client_options
+def jobs_cancel(job, server, project, location, api_key):
+    """Cancel a job. Example: tunery jobs cancel 1234567890123456789"""
+    c = _client(server, project, location, api_key)
+    c.call("POST", c.name("tuningJobs", job) + ":cancel")
+    out.print(f"cancelling {c.name('tuningJobs', job)}")
+
+
+@cli.group("models")
+def models_group():
+    """Tuned models on a tunery server."""
+
+
+@models_group.command("list")
+@_client_options
+def models_list(server, project, location, api_key):
+    """List tuned models. Example: tunery models list"""
+    c = _client(server, project, location, api_key)
+    for m in c.call("GET", f"{c.place}/models").get("models", []):
+        endpoint = m["deployedModels"][0]["endpoint"] if m["deployedModels"] else "-"
+        out.print(f"{m['name']}  {m['displayName']}  base {m['labels'].get('google-vertex-llm-tuning-base-model-id')}  {endpoint}")
+
+
+@models_group.command("delete")
+@click.argument("model")
+@_client_options
+def models_delete(model, server, project, location, api_key):
+    """Delete a tuned model, its endpoints and its files. Example: tunery models delete 1234567890123456789"""
+    c = _client(server, project, location, api_key)
+    c.call("DELETE", c.name("models", model.split("@")[0]))
+    out.print(f"deleted {c.name('models', model.split('@')[0])}")
+
+
+@cli.command("generate")
+@click.option("--model", "model_name", default="gemini-2.0-flash-001", show_default=True,
+              help="An endpoint or tuned model (id or full name), or a base model name.")
+@click.argument("prompt")
+@click.option("--system", help="System instruction.")
+@click.option("--max-output-tokens", type=int, default=256, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True)
+@_client_options
+def generate_cmd(model_name, prompt, system, max_output_tokens, temperature, server, project, location, api_key):
+    """Generate with a base or tuned model on a server. Example: tunery generate --model ENDPOINT "Summarize: ..." """
+    c = _client(server, project, location, api_key)
+    if model_name.startswith("projects/"):
+        target = model_name
+    elif model_name.isdigit():
+        target = c.name("endpoints", model_name)
+    else:
+        target = f"{c.place}/publishers/google/models/{model_name}"
+    body = {"contents": [{"role": "user", "parts": [{"text": prompt}]}],
+            "generationConfig": {"maxOutputTokens": max_output_tokens, "temperature": temperature}}
+    if system:
+        body["systemInstruction"] = {"role": "user", "parts": [{"text": system}]}
+    r = c.call("POST", f"{target}:generateContent", json=body)
+    out.print(escape("".join(p.get("text", "") for p in r["candidates"][0]["content"]["parts"])))
+
+
 def main() -> None:
     cli(prog_name="tunery")
 

@@ -35,8 +35,14 @@ def _die_with_parent() -> None:
 def run(run_dir: Path) -> int:
     from tunery.train.engine import train
 
+    from tunery.api.datasets import fetch
+
     spec = json.loads((run_dir / JOB_FILE).read_text())
-    cfg = TuningConfig(**spec["config"], output=str(run_dir / "run"))
+    fields = dict(spec["config"])
+    for key in ("train", "validation"):  # gs://, s3:// and http(s) datasets are copied into the job directory
+        if fields.get(key):
+            fields[key] = fetch(fields[key], run_dir / "data")
+    cfg = TuningConfig(**fields, output=str(run_dir / "run"))
     progress: dict = {"detail": states.PROCESSING_DATASET}
 
     def on_event(e: dict) -> None:
