@@ -18,6 +18,7 @@ DEFAULT = Settings()
                                   "gemini-1.5-flash-002", "publishers/google/models/gemini-2.0-flash-001",
                                   "projects/p/locations/us-central1/publishers/google/models/gemini-2.0-flash-001"])
 def test_gemini_names_resolve_to_the_default_base_model_visibly(name, caplog):
+    models._LOGGED.clear()  # the line is logged once per process; earlier tests may have resolved this name
     with caplog.at_level(logging.INFO, logger="tunery"):
         spec = models.resolve(name, DEFAULT)
     assert spec.name == "smollm2-135m-instruct" and spec.requested == name

@@ -94,13 +94,23 @@ def resolve(name: str | None = None, settings: Settings | None = None) -> BaseMo
     target = _strip_resource(name) if name else settings.default_base_model
     if target in settings.aliases:
         target = settings.aliases[target]
-        log.info("base model %r -> %r (alias from config.toml)", requested, target)
+        _log_once(requested, target, "alias from config.toml")
     elif target in GEMINI_ALIASES or target.startswith("gemini-"):
         target = settings.default_base_model
-        log.info("base model %r -> %r (Gemini alias for the default base model; change it with "
-                 "default_base_model or [aliases] in %s)", requested, target, home() / "config.toml")
+        _log_once(requested, target, "Gemini alias for the default base model; change it with default_base_model "
+                                     f"or [aliases] in {home() / 'config.toml'}")
     spec = _lookup(target)
     return replace(spec, requested=requested) if requested and requested != spec.name else spec
+
+
+_LOGGED: set[tuple] = set()
+
+
+def _log_once(requested: str | None, target: str, why: str) -> None:
+    """Say how a name resolved, once per process (a server resolves on every request)."""
+    if (requested, target, why) not in _LOGGED:
+        _LOGGED.add((requested, target, why))
+        log.info("base model %r -> %r (%s)", requested, target, why)
 
 
 def _lookup(target: str) -> BaseModelSpec:
