@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -17,3 +20,18 @@ def contents(*pairs, system: str | None = None) -> dict:
     if system is not None:
         obj["systemInstruction"] = {"parts": [{"text": system}]}
     return obj
+
+
+@contextmanager
+def tunery_home(home: Path, default_model: Path) -> Iterator[Path]:
+    """TUNERY_HOME pointing at `home`, whose config.toml makes `default_model` what Gemini names resolve to."""
+    (home / "config.toml").write_text(f'default_base_model = "{default_model}"\n')
+    old = os.environ.get("TUNERY_HOME")
+    os.environ["TUNERY_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if old is None:
+            os.environ.pop("TUNERY_HOME", None)
+        else:
+            os.environ["TUNERY_HOME"] = old

@@ -4,7 +4,6 @@ The configured default base model (what Gemini names resolve to) is the tiny in-
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import threading
@@ -14,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import contents, write_jsonl
+from tests.helpers import contents, tunery_home, write_jsonl
 
 
 def _free_port() -> int:
@@ -55,20 +54,13 @@ class LiveServer:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, tiny_model_dir):
-    home = tmp_path_factory.mktemp("home")
-    (home / "config.toml").write_text(f'default_base_model = "{tiny_model_dir}"\n')
-    old = os.environ.get("TUNERY_HOME")
-    os.environ["TUNERY_HOME"] = str(home)
     colours = ["red", "green", "blue", "black", "white", "pink", "grey", "brown"]
     rows = [contents(("user", f"Colour {i}: {c}?"), ("model", f"It is {c}.")) for i, c in enumerate(colours * 4)]
-    (home / "data").mkdir()
-    write_jsonl(home / "data" / "train.jsonl", rows[:24])
-    write_jsonl(home / "data" / "val.jsonl", rows[24:])
-    yield home
-    if old is None:
-        os.environ.pop("TUNERY_HOME", None)
-    else:
-        os.environ["TUNERY_HOME"] = old
+    with tunery_home(tmp_path_factory.mktemp("home"), tiny_model_dir) as home:
+        (home / "data").mkdir()
+        write_jsonl(home / "data" / "train.jsonl", rows[:24])
+        write_jsonl(home / "data" / "val.jsonl", rows[24:])
+        yield home
 
 
 @pytest.fixture(scope="module")

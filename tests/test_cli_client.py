@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers import contents, write_jsonl
+from tests.helpers import contents, tunery_home, write_jsonl
 from tests.test_api import LiveServer
 from tunery.cli import cli
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
-    home = tmp_path_factory.mktemp("cli-home")
-    (home / "config.toml").write_text(f'default_base_model = "{tiny_model_dir}"\n')
-    old = os.environ.get("TUNERY_HOME")
-    os.environ["TUNERY_HOME"] = str(home)
-    write_jsonl(home / "train.jsonl", [contents(("user", f"q{i}"), ("model", f"a{i}")) for i in range(8)])
-    with LiveServer(home) as live:
-        yield live
-    os.environ.pop("TUNERY_HOME") if old is None else os.environ.update(TUNERY_HOME=old)
+    with tunery_home(tmp_path_factory.mktemp("cli-home"), tiny_model_dir) as home:
+        write_jsonl(home / "train.jsonl", [contents(("user", f"q{i}"), ("model", f"a{i}")) for i in range(8)])
+        with LiveServer(home) as live:
+            yield live
 
 
 def run(server, *args):

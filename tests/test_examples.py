@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import tunery_home
 from tests.test_api import LiveServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,13 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
-    home = tmp_path_factory.mktemp("examples-home")
-    (home / "config.toml").write_text(f'default_base_model = "{tiny_model_dir}"\n')
-    old = os.environ.get("TUNERY_HOME")
-    os.environ["TUNERY_HOME"] = str(home)
-    with LiveServer(home) as live:
+    with tunery_home(tmp_path_factory.mktemp("examples-home"), tiny_model_dir) as home, LiveServer(home) as live:
         yield live
-    os.environ.pop("TUNERY_HOME") if old is None else os.environ.update(TUNERY_HOME=old)
 
 
 def run(script: str, server, *args: str) -> str:

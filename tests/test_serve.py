@@ -89,3 +89,24 @@ def test_stop_sequences_and_max_tokens_set_the_finish_reason(adapters, tiny_mode
     assert stopped.text == "apple" and stopped.finish_reason == "STOP"
     short = registry.generate(spec, adapters[0], [PROMPT], GenerationConfig(max_output_tokens=1))[0]
     assert short.finish_reason == "MAX_TOKENS" and short.output_tokens == 1
+
+
+def test_concurrent_requests_for_one_model_share_batches(adapters, tiny_model_dir):
+    spec = models.resolve(str(tiny_model_dir))
+    registry = Registry(runtime=Runtime("cpu", None))
+    alone = registry.generate(spec, adapters[1], [PROMPT], CONFIG)[0].text
+    before = registry.batches
+    barrier = threading.Barrier(8)
+    texts = []
+
+    def client():
+        barrier.wait()
+        texts.append(registry.generate(spec, adapters[1], [PROMPT], CONFIG)[0].text)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert texts == [alone] * 8  # batched greedy answers equal the single one (left padding handled)
+    assert registry.batches - before < 8  # at least two requests rode in the same batch

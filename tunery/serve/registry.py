@@ -1,8 +1,10 @@
 """Serving registry: each base model loaded once per process; tuned adapters attached on demand, a bounded LRU.
 
-Requests for one base model take its lock, activate their adapter (or disable adapters for the base) and
-generate, so concurrent requests for different tuned models can never mix weights. A CPU runs one generation
-at a time anyway.
+Concurrent requests for one base model queue up. Whichever thread finds the model idle takes the oldest request
+and every queued request with the same adapter and generation config (up to MAX_BATCH prompts), activates that
+adapter (or disables adapters, for the base model) and generates them as one batch. Weights are never mixed
+between requests, and concurrent clients share the batch: on a CPU, 8 prompts in one batch cost far less than
+8 one after the other.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tunery.text.chat_template import ChatTemplate
 
 log = logging.getLogger("tunery")
 DEFAULT_MAX_ADAPTERS = 8
+MAX_BATCH = 16  # prompts generated together
 
 
 class TemplateMismatch(TuneryError):
@@ -34,11 +37,23 @@ class TemplateMismatch(TuneryError):
 
 
 @dataclass
+class _Pending:
+    adapter: str | None
+    prompts: list[Prompt]
+    config: GenerationConfig
+    result: list[Generation] | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+@dataclass
 class _Base:
     spec: models.BaseModelSpec
     model: Any  # the transformers model, wrapped in a PeftModel once an adapter is attached
     template: ChatTemplate
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    busy: bool = False  # a thread is using the model (generating, streaming, attaching, evicting)
+    queue: list[_Pending] = field(default_factory=list)
     adapters: OrderedDict = field(default_factory=OrderedDict)  # adapter dir -> adapter name, LRU order
 
 
@@ -49,6 +64,7 @@ class Registry:
         self._bases: dict[str, _Base] = {}
         self._guard = threading.Lock()
         self.evictions = 0
+        self.batches = 0  # model.generate calls (fewer than requests when concurrent requests share a batch)
 
     def base(self, spec: models.BaseModelSpec) -> _Base:
         key = spec.name
@@ -63,19 +79,32 @@ class Registry:
         return models.load_template(spec)
 
     @contextmanager
+    def _exclusive(self, base: _Base) -> Iterator[None]:
+        """Wait until the model is idle and hold it."""
+        with base.cond:
+            while base.busy:
+                base.cond.wait()
+            base.busy = True
+        try:
+            yield
+        finally:
+            with base.cond:
+                base.busy = False
+                base.cond.notify_all()
+
+    @contextmanager
     def _activated(self, base: _Base, adapter_dir: str | None) -> Iterator[Any]:
-        """Hold the base's lock with the right adapter active (None: plain base weights)."""
-        with base.lock:
-            if adapter_dir is None:
-                if base.adapters:
-                    with base.model.disable_adapter():
-                        yield base.model
-                else:
+        """The model with the right adapter active (None: plain base weights). The caller holds the model."""
+        if adapter_dir is None:
+            if base.adapters:
+                with base.model.disable_adapter():
                     yield base.model
-                return
-            name = self._attach(base, adapter_dir)
-            base.model.set_adapter(name)
-            yield base.model
+            else:
+                yield base.model
+            return
+        name = self._attach(base, adapter_dir)
+        base.model.set_adapter(name)
+        yield base.model
 
     def _attach(self, base: _Base, adapter_dir: str) -> str:
         if adapter_dir in base.adapters:
@@ -101,7 +130,7 @@ class Registry:
     def forget(self, adapter_dir: str) -> None:
         """Unload an adapter whose model was deleted."""
         for base in self._bases.values():
-            with base.lock:
+            with self._exclusive(base):
                 name = base.adapters.pop(adapter_dir, None)
                 if name is not None:
                     if base.adapters:
@@ -113,8 +142,41 @@ class Registry:
     def generate(self, spec: models.BaseModelSpec, adapter_dir: str | None, prompts: Sequence[Prompt],
                  config: GenerationConfig) -> list[Generation]:
         base = self.base(spec)
-        with self._activated(base, adapter_dir) as model:
-            return generate(model, base.template, prompts, config, self.runtime)
+        me = _Pending(adapter_dir, list(prompts), config)
+        with base.cond:
+            base.queue.append(me)
+        while True:
+            with base.cond:
+                while base.busy and not me.done:
+                    base.cond.wait()
+                if me.done:
+                    break
+                base.busy = True
+                batch = _take_batch(base.queue)
+            try:
+                self._run_batch(base, batch)
+            finally:
+                with base.cond:
+                    base.busy = False
+                    base.cond.notify_all()
+        if me.error is not None:
+            raise me.error
+        return me.result  # type: ignore[return-value]
+
+    def _run_batch(self, base: _Base, batch: list[_Pending]) -> None:
+        self.batches += 1
+        try:
+            with self._activated(base, batch[0].adapter) as model:
+                gens = generate(model, base.template, [p for r in batch for p in r.prompts], batch[0].config, self.runtime)
+            start = 0
+            for r in batch:
+                r.result, start = gens[start:start + len(r.prompts)], start + len(r.prompts)
+        except BaseException as exc:  # every waiting request gets the error, not only this thread's
+            for r in batch:
+                r.error = exc
+        finally:
+            for r in batch:
+                r.done = True
 
     def stream(self, spec: models.BaseModelSpec, adapter_dir: str | None, prompt: Prompt,
                config: GenerationConfig) -> Iterator[str | Generation]:
@@ -122,7 +184,7 @@ class Registry:
         from transformers import TextIteratorStreamer
 
         base = self.base(spec)
-        with self._activated(base, adapter_dir) as model:
+        with self._exclusive(base), self._activated(base, adapter_dir) as model:
             streamer = TextIteratorStreamer(_DecodeAdapter(base.template), skip_prompt=True)
             result: list[Generation] = []
             worker = threading.Thread(target=lambda: result.extend(
@@ -133,6 +195,17 @@ class Registry:
                     yield piece
             worker.join()
             yield result[0]
+
+
+def _take_batch(queue: list[_Pending]) -> list[_Pending]:
+    """The oldest request and every queued one that can share its batch (same adapter and config)."""
+    first, batch, size = queue[0], [], 0
+    for r in list(queue):
+        if not batch or (r.adapter == first.adapter and r.config == first.config and size + len(r.prompts) <= MAX_BATCH):
+            batch.append(r)
+            size += len(r.prompts)
+            queue.remove(r)
+    return batch
 
 
 class _DecodeAdapter:
