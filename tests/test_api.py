@@ -333,3 +333,39 @@ def test_continuous_tuning_from_a_tuned_model_checkpoint(server, home, tuned):
                            "supervisedTuningSpec": {"trainingDatasetUri": str(home / "data" / "train.jsonl")}})
     assert bad.status_code == 400 and "preTunedModel.checkpointId: expected one of 1, 2" in bad.json()["error"]["message"]
     assert store.get_job(done.name.rsplit("/", 1)[1]).state == "JOB_STATE_SUCCEEDED"
+
+
+def test_get_model_endpoint_and_base_models(server, tuned):
+    model_name = tuned.tuned_model.model.split("@")[0]
+    model = httpx.get(f"{server.url}/v1beta1/{model_name}").json()
+    assert model["name"] == model_name and model["displayName"] == "colours"
+    assert model["labels"]["google-vertex-llm-tuning-base-model-id"] and model["checkpoints"][-1]["checkpointId"] == "2"
+    assert model["deployedModels"][0]["endpoint"] == tuned.tuned_model.endpoint
+    endpoint = httpx.get(f"{server.url}/v1/{tuned.tuned_model.endpoint}").json()
+    assert endpoint["name"] == tuned.tuned_model.endpoint and endpoint["deployedModels"][0]["model"] == model_name
+    ckpt = httpx.get(f"{server.url}/v1/{tuned.tuned_model.checkpoints[0].endpoint}").json()
+    assert ckpt["deployedModels"][0]["checkpointId"] == "1"
+    listed = httpx.get(f"{server.url}/v1beta1/publishers/google/models").json()["publisherModels"]
+    assert "publishers/google/models/smollm2-135m-instruct" in [m["name"] for m in listed]
+    assert httpx.get(f"{server.url}/v1beta1/publishers/google/models/nope-9").status_code == 404
+    count = httpx.post(f"{server.url}/v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.0-flash-001:countTokens",
+                       json={"contents": [{"role": "user", "parts": [{"text": "hello"}]}]})
+    assert count.status_code == 200 and count.json()["totalTokens"] > 0
+
+
+def test_dataset_errors_found_inside_the_job_fail_it_with_line_numbers(home, tmp_path):
+    """Above the validate-at-create size, the job itself validates and ends FAILED with the validator's messages."""
+    from tests.helpers import contents as c
+
+    big = home / "data" / "big_bad.jsonl"
+    write_jsonl(big, [c(("user", f"q{i}"), ("model", f"a{i}")) for i in range(10)] + [c(("user", "q"), ("user", "again"))])
+    with LiveServer(home, validate_on_create_bytes=0) as live:
+        client = sdk(live.url)
+        from google.genai import types
+
+        job = client.tunings.tune(base_model="gemini-2.0-flash-001", training_dataset=types.TuningDataset(gcs_uri=str(big)))
+        assert job.state.name == "JOB_STATE_PENDING"
+        done = wait_done(client, job.name)
+    assert done.state.name == "JOB_STATE_FAILED"
+    assert done.error.code == 3 and "big_bad.jsonl:11 /contents/1/role: error [consecutive_same_role]" in done.error.message
+    assert done.tuned_model is None
