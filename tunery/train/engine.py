@@ -125,6 +125,15 @@ def _attach_lora(model, rank: int, seed: int):
     return get_peft_model(model, config)
 
 
+def _frozen_linear_weights_to(model, dtype) -> None:
+    """Store the frozen weights under the adapters in `dtype`. Autocast would cast each of them to bf16 on every
+    op anyway (same matmul numerics), so this only removes copies: 6.5% per step measured, docs/benchmarks.md."""
+    for module in model.modules():
+        base = getattr(module, "base_layer", None)
+        if base is not None and hasattr(base, "weight") and not base.weight.requires_grad:
+            base.weight.data = base.weight.data.to(dtype)
+
+
 def _load_adapter_weights(model, adapter_dir: Path, rank: int) -> None:
     """Start from a tuned adapter (continuous tuning). Its rank must be the run's adapter size."""
     from peft import set_peft_model_state_dict
@@ -248,6 +257,8 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
     runtime = pick()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     model = _attach_lora(models.load_model_fresh(spec), cfg.adapter_size, cfg.seed).to(runtime.device)
+    if runtime.autocast == "bfloat16":
+        _frozen_linear_weights_to(model, torch.bfloat16)
     if cfg.init_adapter:
         _load_adapter_weights(model, Path(cfg.init_adapter), cfg.adapter_size)
     model.train()
