@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunery.errors import ConfigError, DatasetError, ModelIntegrityError, ModelNotFoundError, TuneryError
+from tunery.errors import TuneryError
 from tunery.jobs.states import IllegalTransition
 
 STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -28,14 +28,9 @@ def error_body(http: int, message: str, status_name: str | None = None) -> dict:
 
 
 def _from_tunery(exc: TuneryError) -> ApiError:
+    """Errors a user caused are 400s; an illegal state change is a failed precondition."""
     text = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-    if isinstance(exc, IllegalTransition):
-        return ApiError(400, text, "FAILED_PRECONDITION")
-    if isinstance(exc, ModelNotFoundError):
-        return ApiError(400, text)
-    if isinstance(exc, (ConfigError, DatasetError, ModelIntegrityError)):
-        return ApiError(400, text)
-    return ApiError(400, text)
+    return ApiError(400, text, "FAILED_PRECONDITION" if isinstance(exc, IllegalTransition) else None)
 
 
 def install(app) -> None:

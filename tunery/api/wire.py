@@ -83,10 +83,6 @@ def hyperparameters(spec: dict) -> dict:
 
 # ---------------------------------------------------------------- responses
 
-def ts(value: str | None) -> str | None:
-    return value
-
-
 def job_json(job: Job, model: Model | None, endpoints: list[Endpoint]) -> dict:
     req = job.request
     out: dict[str, Any] = {"name": job.name, "state": job.state, "createTime": job.create_time, "updateTime": job.update_time}
