@@ -103,7 +103,7 @@ def test_loss_and_token_accuracy_match_a_plain_forward(template, tiny_model_dir)
             expected_loss += torch.nn.functional.cross_entropy(logits[sel], gold[sel], reduction="sum").item()
             expected_correct += int((logits[sel].argmax(-1) == gold[sel]).sum())
             expected_n += int(sel.sum())
-    assert n == expected_n == sum(r.num_supervised for r in rows) - 0  # every supervised token is predicted once
+    assert n == expected_n == sum(r.num_supervised for r in rows)  # every supervised token is predicted once
     assert correct == expected_correct
     assert float(loss_sum) == pytest.approx(expected_loss, rel=1e-5)
 
@@ -273,7 +273,7 @@ def test_non_finite_loss_stops_the_run_naming_the_step(data, tmp_path, tiny_mode
     with pytest.raises(TrainingError, match="loss became nan at step 1"):
         train(cfg(data, out, broken))
     assert not (out / "manifest.json").exists() and not (out / "adapter").exists()
-    assert not list((out / "checkpoints").glob("*")) if (out / "checkpoints").exists() else True
+    assert ck.complete_checkpoints(out) == [] and ck.latest_state(out) is None
 
 
 def test_invalid_dataset_fails_before_any_compute(tmp_path, tiny_model_dir):

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -136,8 +137,6 @@ def _local_spec(path: Path) -> BaseModelSpec:
         raise ModelIntegrityError(
             f"{path}: no .safetensors weights" + (f" (found {', '.join(pickled)})" if pickled else ""),
             hint="tunery loads safetensors only (pickle checkpoints can run code); convert with save_pretrained(safe_serialization=True)")
-    import json
-
     cfg = json.loads((path / "config.json").read_text())
     ctx = cfg.get("max_position_embeddings") or cfg.get("text_config", {}).get("max_position_embeddings")
     return BaseModelSpec(name=str(path), kind="local", context_length=ctx)

@@ -75,9 +75,6 @@ class Registry:
                 self._bases[key] = _Base(spec, model, models.load_template(spec))
             return self._bases[key]
 
-    def template(self, spec: models.BaseModelSpec) -> ChatTemplate:
-        return models.load_template(spec)
-
     @contextmanager
     def _exclusive(self, base: _Base) -> Iterator[None]:
         """Wait until the model is idle and hold it."""

@@ -44,7 +44,7 @@ def _dispatch(svc: Services, method: str, target, body: dict):
     spec, adapter, version = target
     if method not in METHODS:
         raise ApiError(404, f"unknown method :{method}; expected one of {', '.join(METHODS)}")
-    template = svc.registry.template(spec)
+    template = models.load_template(spec)
     if method in ("countTokens", "computeTokens"):
         prompt, _, _ = wire.parse_generate({**body, "contents": body.get("contents") or []})
         ids = template.render_prompt(prompt.turns, prompt.system)
