@@ -20,6 +20,7 @@ from tunery.config import TuningConfig, default_epochs
 from tunery.device import Runtime
 from tunery.errors import ConfigError, DatasetError, TrainingError
 from tunery.text.batching import batch_order, collate
+from tunery.train import attention
 from tunery.train import checkpoints as ck
 from tunery.train import metrics as mt
 from tunery.train.engine import _attach_lora, _forward, _lr_at, train
@@ -83,16 +84,21 @@ def test_invalid_hyperparameters_are_rejected_naming_the_flag(bad):
 # ---------------------------------------------------------------- loss and metrics, by hand
 
 def test_loss_and_token_accuracy_match_a_plain_forward(template, tiny_model_dir):
-    """Our loss/accuracy over supervised positions equal a straightforward masked computation on full logits,
-    and right padding without an attention mask changes nothing for the real tokens."""
-    model = _attach_lora(models.load_model_fresh(models.resolve(str(tiny_model_dir))), 4, 0).eval()
+    """Our loss/accuracy over supervised positions (training attention, right padding, no mask) equal a
+    straightforward masked computation on full logits from the model's own SDPA forward, one example at a time."""
+    spec = models.resolve(str(tiny_model_dir))
+    ours = models.load_model_fresh(spec)
+    attention.use_for_training(ours)
+    ours = _attach_lora(ours, 4, 0).eval()
+    model = _attach_lora(models.load_model_fresh(spec), 4, 0).eval()
+    assert model.config._attn_implementation == "sdpa" and ours.config._attn_implementation == attention.NAME
     from tunery.data.schema import Example, Turn
 
     rows = template.render_batch([Example((Turn("user", "Hi there"), Turn("model", "Hello! How are you?"))),
                                   Example((Turn("user", "2+2"), Turn("model", "4")))])
     ids, labels = collate(rows, template.end_id)
     with torch.no_grad():
-        loss_sum, correct, n = _forward(model, ids, labels, CPU)
+        loss_sum, correct, n = _forward(ours, ids, labels, CPU)
         expected_loss, expected_correct, expected_n = 0.0, 0, 0
         for r in rows:  # each example alone, unpadded, through the model's own forward
             x = torch.tensor([r.input_ids])
@@ -106,6 +112,30 @@ def test_loss_and_token_accuracy_match_a_plain_forward(template, tiny_model_dir)
     assert n == expected_n == sum(r.num_supervised for r in rows)  # every supervised token is predicted once
     assert correct == expected_correct
     assert float(loss_sum) == pytest.approx(expected_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("length", [attention.MATMUL_MAX_LENGTH - 3, attention.MATMUL_MAX_LENGTH + 5])
+@pytest.mark.parametrize("window", [None, 7])
+def test_training_attention_equals_sdpa_in_value_and_gradient(length, window):
+    """Grouped-query causal attention (optionally a sliding window) against torch's SDPA with an explicit mask;
+    below the crossover length our matmul path runs, above it transformers' SDPA path does."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, length, 16, requires_grad=True)
+    k, v = (torch.randn(2, 2, length, 16, requires_grad=True) for _ in range(2))
+    out, _ = attention.causal_attention(SimpleNamespace(num_key_value_groups=2, is_causal=True), q, k, v, None,
+                                        scaling=0.25, sliding_window=window)
+    i = torch.arange(length)
+    allowed = (i[None, :] <= i[:, None]) & ((i[None, :] > i[:, None] - window) if window else True)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
+                                                           attn_mask=allowed, scale=0.25).transpose(1, 2)
+    assert out.shape == (2, length, 4, 16)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
 def test_only_lora_parameters_change(template, tiny_model_dir):

@@ -32,6 +32,7 @@ from tunery.device import Runtime, pick
 from tunery.errors import ConfigError, TrainingError
 from tunery.text.batching import batch_order, collate
 from tunery.text.chat_template import ChatTemplate, Rendered
+from tunery.train import attention
 from tunery.train import checkpoints as ck
 from tunery.train import distributed
 from tunery.train.distributed import Dist
@@ -256,7 +257,9 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
     # 3. model + LoRA + optimizer, restored from the last complete state if there is one
     runtime = pick()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    model = _attach_lora(models.load_model_fresh(spec), cfg.adapter_size, cfg.seed).to(runtime.device)
+    base = models.load_model_fresh(spec)
+    attention.use_for_training(base)  # right-padded batches: causal attention without a mask, fastest kernel by length
+    model = _attach_lora(base, cfg.adapter_size, cfg.seed).to(runtime.device)
     if runtime.autocast == "bfloat16":
         _frozen_linear_weights_to(model, torch.bfloat16)
     if cfg.init_adapter:
