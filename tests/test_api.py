@@ -369,3 +369,86 @@ def test_dataset_errors_found_inside_the_job_fail_it_with_line_numbers(home, tmp
     assert done.state.name == "JOB_STATE_FAILED"
     assert done.error.code == 3 and "big_bad.jsonl:11 /contents/1/role: error [consecutive_same_role]" in done.error.message
     assert done.tuned_model is None
+
+
+def test_job_with_evaluation_config_attaches_a_before_after_report(server, home, tmp_path):
+    """evaluationConfig through the unmodified SDK: after tuning, base and tuned run on the validation set; the job
+    lists the run in evaluateDatasetRuns and the report and curves are readable over REST and from the CLI."""
+    from click.testing import CliRunner
+    from google.genai import types
+
+    from tunery.cli import cli
+
+    client = sdk(server.url)
+    job = client.tunings.tune(
+        base_model="gemini-2.0-flash-001",
+        training_dataset=types.TuningDataset(gcs_uri=str(home / "data" / "train.jsonl")),
+        config=types.CreateTuningJobConfig(
+            epoch_count=1, validation_dataset=types.TuningValidationDataset(gcs_uri=str(home / "data" / "val.jsonl")),
+            evaluation_config=types.EvaluationConfig(
+                metrics=[types.Metric(name="exact_match")],
+                output_config=types.OutputConfig(gcs_destination=types.GcsDestination(output_uri_prefix="gs://b/eval/")),
+                inference_generation_config=types.GenerationConfig(max_output_tokens=6))))
+    job = wait_done(client, job.name)
+    assert job.state.name == "JOB_STATE_SUCCEEDED", job.error
+    assert [r.evaluation_run for r in job.evaluate_dataset_runs] == [f"{job.name}/evaluationReport"]
+    assert job.evaluate_dataset_runs[0].error is None
+    report = httpx.get(f"{server.url}/v1beta1/{job.name}/evaluationReport").json()
+    assert report["task"] == "qa" and report["examples"] == 8  # the task from the exact_match metric spec
+    assert set(report["metrics"]) == {"base", "tuned"} and set(report["improvement_percent"]) == set(report["metrics"]["base"])
+    assert report["generation"]["max_output_tokens"] == 6 and report["curves"]["/train_total_loss"]
+    page = httpx.get(f"{server.url}/v1beta1/{job.name}/evaluationReport", params={"format": "html"})
+    assert page.headers["content-type"].startswith("text/html") and "<h1>Evaluation: qa</h1>" in page.text
+    curves = httpx.get(f"{server.url}/v1/{job.name}/metrics").json()["curves"]
+    steps = job.tuning_job_metadata.completed_step_count
+    assert steps >= 2 and [s for s, _ in curves["/train_total_loss"]] == list(range(1, steps + 1))
+    r = CliRunner().invoke(cli, ["jobs", "report", job.name, "--server", server.url, "--html", str(tmp_path / "r.html")])
+    assert r.exit_code == 0, r.output
+    assert "exact_match" in r.stdout and (tmp_path / "r.html").read_text() == page.text
+    r = CliRunner().invoke(cli, ["metrics", job.name.rsplit("/", 1)[1], "--server", server.url, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == curves
+
+
+@pytest.mark.parametrize("evaluation, status, fragment", [
+    ({"task": "poetry"}, 400, "evaluationConfig.task: expected one of summarization, qa, classification, generation"),
+    ({"datasetUri": "/etc/passwd"}, 403, "outside the directories this server may read"),
+    ({"datasetUri": "DATA/bad_eval.jsonl"}, 400, "evaluationConfig.datasetUri: DATA/bad_eval.jsonl:2"),
+    ({"limit": 0}, 400, "evaluationConfig.limit: expected a whole number from 1 to 100000"),
+    ({}, 400, "evaluationConfig: no evaluation dataset; set validationDatasetUri or evaluationConfig.datasetUri"),
+])
+def test_evaluation_config_errors(server, home, evaluation, status, fragment):
+    (home / "data" / "bad_eval.jsonl").write_text(json.dumps(contents(("user", "q"), ("model", "a"))) + "\n{oops\n")
+    raw = json.dumps({"baseModel": "gemini-2.0-flash-001",
+                      "supervisedTuningSpec": {"trainingDatasetUri": "DATA/train.jsonl", "evaluationConfig": evaluation}})
+    r = httpx.post(f"{server.url}/v1beta1/projects/p/locations/l/tuningJobs",
+                   content=raw.replace("DATA", str(home / "data")), headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert fragment.replace("DATA", str(home / "data")) in r.json()["error"]["message"]
+
+
+def test_evaluation_report_of_a_job_without_one_is_not_found(server, tuned):
+    r = httpx.get(f"{server.url}/v1beta1/{tuned.name}/evaluationReport")
+    assert r.status_code == 404 and "has no evaluation (create it with evaluationConfig)" in r.json()["error"]["message"]
+    r = httpx.get(f"{server.url}/v1beta1/{tuned.name}/evaluationReport", params={"format": "pdf"})
+    assert r.status_code == 400 and "format: expected json or html" in r.json()["error"]["message"]
+
+
+def test_a_failed_evaluation_keeps_the_tuned_model_and_reports_why(home):
+    """An evaluation dataset too big to check at create that turns out bad: the job still succeeds (the tuned model
+    is fine), evaluateDatasetRuns carries the error with the line, and the report route says why."""
+    bad = home / "data" / "bad_eval_big.jsonl"
+    bad.write_text(json.dumps(contents(("user", "q"), ("model", "a"))) + "\n{oops\n")
+    body = {"baseModel": "gemini-2.0-flash-001",
+            "supervisedTuningSpec": {"trainingDatasetUri": str(home / "data" / "train.jsonl"),
+                                     "hyperParameters": {"epochCount": 1},
+                                     "evaluationConfig": {"datasetUri": str(bad), "task": "qa"}}}
+    with LiveServer(home, validate_on_create_bytes=0) as live:
+        name = httpx.post(f"{live.url}/v1beta1/projects/p/locations/l/tuningJobs", json=body).json()["name"]
+        done = wait_done(sdk(live.url), name)
+        report = httpx.get(f"{live.url}/v1beta1/{name}/evaluationReport")
+    assert done.state.name == "JOB_STATE_SUCCEEDED" and done.tuned_model.endpoint
+    err = done.evaluate_dataset_runs[0].error
+    assert err.code == 3 and f"{bad}:2" in err.message
+    assert report.status_code == 400 and report.json()["error"]["status"] == "FAILED_PRECONDITION"
+    assert f"{bad}:2" in report.json()["error"]["message"]

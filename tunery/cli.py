@@ -487,18 +487,20 @@ def models_delete(model, server, project, location, api_key):
 def generate_cmd(model_name, prompt, system, max_output_tokens, temperature, server, project, location, api_key):
     """Generate with a base or tuned model on a server. Example: tunery generate --model ENDPOINT "Summarize: ..." """
     c = _client(server, project, location, api_key)
-    if model_name.startswith("projects/"):
-        target = model_name
-    elif model_name.isdigit():
-        target = c.name("endpoints", model_name)
-    else:
-        target = f"{c.place}/publishers/google/models/{model_name}"
+    target = c.model_path(model_name)
     body = {"contents": [{"role": "user", "parts": [{"text": prompt}]}],
             "generationConfig": {"maxOutputTokens": max_output_tokens, "temperature": temperature}}
     if system:
         body["systemInstruction"] = {"role": "user", "parts": [{"text": system}]}
     r = c.call("POST", f"{target}:generateContent", json=body)
     out.print(escape("".join(p.get("text", "") for p in r["candidates"][0]["content"]["parts"])))
+
+
+from tunery.cli_eval import compare_cmd, eval_cmd, jobs_report_cmd, metrics_cmd  # noqa: E402
+
+for _command in (eval_cmd, compare_cmd, metrics_cmd):
+    cli.add_command(_command)
+jobs_group.add_command(jobs_report_cmd)
 
 
 def main() -> None:

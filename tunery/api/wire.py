@@ -81,9 +81,61 @@ def hyperparameters(spec: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+EVAL_TASKS = ("summarization", "qa", "classification", "generation")
+
+
+def evaluation(spec: dict) -> dict | None:
+    """The after-tuning evaluation from supervisedTuningSpec.evaluationConfig, or None. Vertex's `metrics`,
+    `outputConfig` and `autoraterConfig` are accepted and not used: tunery computes the seeds' metrics for the task.
+    `inferenceGenerationConfig` sets decoding. tunery's own fields (docs/api.md): `datasetUri` (default: the
+    validation dataset), `task` (default: from the metric specs, else inferred from the references) and `limit`
+    (examples, default 100)."""
+    ec = get(spec, "evaluationConfig")
+    if ec is None:
+        return None
+    where = "supervisedTuningSpec.evaluationConfig"
+    if not isinstance(ec, dict):
+        raise ApiError(400, f"{where}: expected an object, found {type(ec).__name__}")
+    task = get(ec, "task") or _task_of_metrics(get(ec, "metrics"))
+    if task is not None and task not in EVAL_TASKS:
+        raise ApiError(400, f"{where}.task: expected one of {', '.join(EVAL_TASKS)}, found {task!r}")
+    gen = get(ec, "inferenceGenerationConfig") or {}
+    temperature = get(gen, "temperature")
+    return {"dataset": get(ec, "datasetUri"), "task": task,
+            "limit": _int(get(ec, "limit"), f"{where}.limit", 1, 100_000) or 100,
+            "max_output_tokens": _int(get(gen, "maxOutputTokens"), f"{where}.inferenceGenerationConfig.maxOutputTokens",
+                                      1, 8192) or 256,
+            "temperature": 0.0 if temperature is None else _float_or_zero(temperature, f"{where}.inferenceGenerationConfig.temperature")}
+
+
+def _task_of_metrics(metrics: Any) -> str | None:
+    """The seeds' task behind Vertex metric specs the SDK sends: exact_match -> qa, bleu -> generation,
+    rouge -> summarization (the first one that says)."""
+    for m in metrics if isinstance(metrics, list) else []:
+        keys = {k.replace("_", "").lower() for k in m} if isinstance(m, dict) else set()  # either spelling
+        for spec, task in (("exactmatchspec", "qa"), ("bleuspec", "generation"), ("rougespec", "summarization")):
+            if spec in keys:
+                return task
+    return None
+
+
+def _float_or_zero(value: Any, field: str) -> float:
+    return 0.0 if value == 0 else _float(value, field, 0, 2)  # type: ignore[return-value]
+
+
+def evaluate_dataset_runs(job: Job, status: dict | None) -> list[dict] | None:
+    """Vertex's `evaluateDatasetRuns` for a job with an evaluation: where its report is, or why it failed."""
+    if not status:
+        return None
+    run: dict[str, Any] = {"evaluationRun": f"{job.name}/evaluationReport"}
+    if status.get("error"):
+        run["error"] = status["error"]
+    return [run]
+
+
 # ---------------------------------------------------------------- responses
 
-def job_json(job: Job, model: Model | None, endpoints: list[Endpoint]) -> dict:
+def job_json(job: Job, model: Model | None, endpoints: list[Endpoint], evaluation_status: dict | None = None) -> dict:
     req = job.request
     out: dict[str, Any] = {"name": job.name, "state": job.state, "createTime": job.create_time, "updateTime": job.update_time}
     for key in ("tunedModelDisplayName", "description", "labels", "baseModel", "preTunedModel"):
@@ -113,6 +165,8 @@ def job_json(job: Job, model: Model | None, endpoints: list[Endpoint]) -> dict:
     out["experiment"] = f"projects/{job.project}/locations/{job.location}/metadataStores/default/contexts/tuning-experiment-{job.id}"
     if model is not None:
         out["tunedModel"] = tuned_model_json(model, endpoints)
+    if runs := evaluate_dataset_runs(job, evaluation_status):
+        out["evaluateDatasetRuns"] = runs
     return out
 
 

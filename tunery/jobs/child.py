@@ -1,7 +1,8 @@
 """The process that runs one tuning job: `python -m tunery.jobs.child RUN_DIR`.
 
-Reads RUN_DIR/job.json (TuningConfig fields), runs `train()`, and reports through files the worker reads:
-progress.json while running and result.json at the end (both written atomically). A crash leaves no
+Reads RUN_DIR/job.json (TuningConfig fields), runs `train()`, then, if the job asked for one (evaluationConfig), the
+before/after evaluation into RUN_DIR/evaluation/. It reports through files the worker reads: progress.json while
+running and result.json at the end (both written atomically). A crash leaves no
 result.json; the worker then requeues the job, and the next attempt resumes from the last complete state.
 """
 
@@ -20,6 +21,8 @@ from tunery.jobs import states
 from tunery.train.checkpoints import write_json
 
 JOB_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "job.json", "progress.json", "result.json", "log.txt"
+RUN_SUBDIR = "run"  # the train() output directory inside the job directory
+EVAL_DIR, EVAL_REPORT, EVAL_ERROR = "evaluation", "report.json", "error.json"
 # google.rpc.Code values used in job errors
 INVALID_ARGUMENT, RESOURCE_EXHAUSTED, INTERNAL = 3, 8, 13
 
@@ -42,7 +45,7 @@ def run(run_dir: Path) -> int:
     for key in ("train", "validation"):  # gs://, s3:// and http(s) datasets are copied into the job directory
         if fields.get(key):
             fields[key] = fetch(fields[key], run_dir / "data")
-    cfg = TuningConfig(**fields, output=str(run_dir / "run"))
+    cfg = TuningConfig(**fields, output=str(run_dir / RUN_SUBDIR))
     progress: dict = {"detail": states.PROCESSING_DATASET}
 
     def on_event(e: dict) -> None:
@@ -72,12 +75,60 @@ def run(run_dir: Path) -> int:
         traceback.print_exc()
         write_json(run_dir / RESULT_FILE, {"status": "failed", "error": {"code": INTERNAL, "message": f"internal error: {exc!r}"}})
         return 2
+    base_model = json.loads((result.output / "run.json").read_text())["base_model"]["name"]
+    if spec.get("evaluation"):
+        progress["detail"] = states.POST_PROCESSING
+        write_json(run_dir / PROGRESS_FILE, progress)
+        _evaluate(run_dir, spec["evaluation"], base_model, str(result.output / "adapter"), spec.get("job", "tuned"))
     write_json(run_dir / RESULT_FILE, {
         "status": "succeeded", "adapter": str(result.output / "adapter"), "steps": result.steps, "epochs": result.epochs,
         "metrics": result.metrics, "checkpoints": [{k: c[k] for k in ("checkpointId", "epoch", "step", "path")} for c in result.checkpoints],
         "stats": progress.get("stats"),
-        "base_model": json.loads((result.output / "run.json").read_text())["base_model"]["name"]})
+        "base_model": base_model})
     return 0
+
+
+def _evaluate(run_dir: Path, ev: dict, base_model: str, adapter: str, label: str) -> None:
+    """Base against tuned on the evaluation dataset; the report goes to RUN_DIR/evaluation/. A failed evaluation
+    does not fail the job (the tuned model is good): its error is recorded for evaluateDatasetRuns."""
+    from tunery import models
+    from tunery.api.datasets import fetch
+    from tunery.eval import report as rp
+    from tunery.eval import run as er
+    from tunery.train.checkpoints import write_atomically
+
+    out = run_dir / EVAL_DIR
+    try:
+        spec = models.resolve(base_model)
+        data = fetch(ev["dataset"], run_dir / "data")
+        evaluation = er.run(data, {"base": er.Target(spec.name, spec), "tuned": er.Target(label, spec, adapter)},
+                            ev.get("task"), ev.get("limit"), max_output_tokens=ev.get("max_output_tokens", 256),
+                            temperature=ev.get("temperature", 0.0))
+        report = rp.build(evaluation, rp.read_curves(run_dir / RUN_SUBDIR))
+        write_atomically(out, lambda tmp: rp.write(report, tmp / EVAL_REPORT, (tmp / EVAL_REPORT).with_suffix(".html")))
+    except TuneryError as exc:
+        _eval_failed(out, INVALID_ARGUMENT, str(exc))
+    except Exception as exc:  # a bug: keep the traceback in the log
+        traceback.print_exc()
+        _eval_failed(out, INTERNAL, f"internal error: {exc!r}")
+
+
+def _eval_failed(out: Path, code: int, message: str) -> None:
+    from tunery.train.checkpoints import write_atomically
+
+    write_atomically(out, lambda tmp: write_json(tmp / EVAL_ERROR, {"code": code, "message": message}))
+
+
+def evaluation_status(run_dir: Path) -> dict:
+    """{"report": path} once the evaluation is written, {"error": {code, message}} if it failed, {} before."""
+    from tunery.train.checkpoints import is_complete
+
+    out = run_dir / EVAL_DIR
+    if not is_complete(out):
+        return {}
+    if (out / EVAL_ERROR).is_file():
+        return {"error": json.loads((out / EVAL_ERROR).read_text())}
+    return {"report": str(out / EVAL_REPORT)}
 
 
 if __name__ == "__main__":

@@ -141,7 +141,8 @@ class Worker:
         run_dir = Path(job.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RESULT_FILE).unlink(missing_ok=True)
-        write_json(run_dir / JOB_FILE, {"job": job.name, "config": job.request["_config"]})
+        write_json(run_dir / JOB_FILE, {"job": job.name, "config": job.request["_config"],
+                                        "evaluation": job.request.get("_evaluation")})
         job = self.store.transition(job.id, states.RUNNING, detail=states.PROCESSING_DATASET, started=True, attempt=True)
         log_file = open(run_dir / LOG_FILE, "ab")
         proc = subprocess.Popen([sys.executable, "-m", "tunery.jobs.child", str(run_dir)], stdout=log_file,

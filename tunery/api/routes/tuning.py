@@ -16,7 +16,7 @@ from tunery.api.errors import ApiError
 from tunery.api.wire import get
 from tunery.config import TuningConfig
 from tunery.data.validate import Limits, validate
-from tunery.jobs import states
+from tunery.jobs import child, states
 from tunery.jobs.store import Job
 
 router = APIRouter()
@@ -26,7 +26,8 @@ OTHER_SPECS = ("preferenceOptimizationSpec", "distillationSpec", "reinforcementT
 
 def _job_json(svc: Services, job: Job) -> dict:
     model = svc.store.get_model(job.model_id) if job.model_id else None
-    return wire.job_json(job, model, svc.store.endpoints_of(model.id) if model else [])
+    status = child.evaluation_status(Path(job.run_dir)) if job.request.get("_evaluation") else None
+    return wire.job_json(job, model, svc.store.endpoints_of(model.id) if model else [], status)
 
 
 def _job_or_404(svc: Services, job_id: str) -> Job:
@@ -82,6 +83,31 @@ def _config(svc: Services, body: dict) -> tuple[dict, str]:
     return cfg, resolved.name
 
 
+def _evaluation(svc: Services, body: dict, cfg: dict) -> dict | None:
+    """The after-tuning evaluation a create request asks for (evaluationConfig), its dataset resolved and checked."""
+    ev = wire.evaluation(get(body, "supervisedTuningSpec") or {})
+    if ev is None:
+        return None
+    where = "supervisedTuningSpec.evaluationConfig.datasetUri"
+    if ev["dataset"]:
+        ev["dataset"] = datasets.resolve(ev["dataset"], where, svc.settings.allowed_roots,
+                                         svc.settings.allow_http_datasets)
+    elif cfg.get("validation"):
+        ev["dataset"] = cfg["validation"]
+    else:
+        raise ApiError(400, "supervisedTuningSpec.evaluationConfig: no evaluation dataset; set validationDatasetUri "
+                            "or evaluationConfig.datasetUri")
+    if Path(ev["dataset"]).is_file() and Path(ev["dataset"]).stat().st_size <= svc.settings.validate_on_create_bytes:
+        from tunery.errors import DatasetError
+        from tunery.eval.run import load_items
+
+        try:
+            load_items(ev["dataset"], ev["limit"])
+        except DatasetError as exc:
+            raise ApiError(400, f"{where}: {exc.message}") from exc
+    return ev
+
+
 def _validate_small(svc: Services, cfg: dict, spec: models.BaseModelSpec) -> None:
     """Small local datasets are validated before create returns, so their errors come back as a 400."""
     files = [cfg["train"]] + ([cfg["validation"]] if cfg.get("validation") else [])
@@ -100,6 +126,8 @@ def _validate_small(svc: Services, cfg: dict, spec: models.BaseModelSpec) -> Non
 def create_tuning_job(project: str, location: str, svc: Svc, body: dict = Body(...)) -> dict:
     cfg, resolved = _config(svc, body)
     request = {**body, "baseModel": resolved, "_config": cfg}
+    if (evaluation := _evaluation(svc, body, cfg)) is not None:
+        request["_evaluation"] = evaluation
     if get(body, "baseModel") and get(body, "baseModel") != resolved:
         request["requestedBaseModel"] = get(body, "baseModel")
     job = svc.store.create_job(project, location, request, svc.settings.home / "jobs")
@@ -146,6 +174,38 @@ def cancel_tuning_job(project: str, location: str, job_id: str, svc: Svc) -> dic
     elif job.state == states.RUNNING:
         svc.store.transition(job_id, states.CANCELLING)
     return {}
+
+
+@router.get(PLACE + "/tuningJobs/{job_id}/metrics")
+def get_tuning_job_metrics(project: str, location: str, job_id: str, svc: Svc) -> dict:
+    """tunery extension: the job's metric time series so far, {"curves": {name: [[step, value], ...]}}."""
+    from tunery.eval.report import read_curves
+
+    job = _job_or_404(svc, job_id)
+    return {"name": f"{job.name}/metrics", "curves": read_curves(Path(job.run_dir) / child.RUN_SUBDIR)}
+
+
+@router.get(PLACE + "/tuningJobs/{job_id}/evaluationReport")
+def get_evaluation_report(project: str, location: str, job_id: str, svc: Svc, format: str = "json"):
+    """tunery extension: the before/after evaluation report of a job created with evaluationConfig
+    (`?format=html` for the self-contained page)."""
+    from fastapi.responses import HTMLResponse
+
+    job = _job_or_404(svc, job_id)
+    if format not in ("json", "html"):
+        raise ApiError(400, f"format: expected json or html, found {format!r}")
+    if not job.request.get("_evaluation"):
+        raise ApiError(404, f"tuning job {job_id} has no evaluation (create it with evaluationConfig)")
+    status = child.evaluation_status(Path(job.run_dir))
+    if status.get("error"):
+        raise ApiError(400, f"the evaluation of tuning job {job_id} failed: {status['error']['message']}",
+                       "FAILED_PRECONDITION")
+    if "report" not in status:
+        raise ApiError(404, f"the evaluation report of tuning job {job_id} is not ready ({job.state})")
+    path = Path(status["report"])
+    if format == "html":
+        return HTMLResponse(path.with_suffix(".html").read_text())
+    return json.loads(path.read_text())
 
 
 @router.get(PLACE + "/models/{model_id}")
