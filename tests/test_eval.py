@@ -157,7 +157,7 @@ def tiny(tiny_model_dir):
 def _prompts() -> list[Prompt]:
     texts = ["Hi", "Tell me about the river Dove and the town on it", "2+2?", "Summarize: disk full on db-7 at 03:00",
              "A much longer prompt " * 6]
-    return [Prompt((Turn("user", t),)) for t in texts]
+    return [Prompt((Turn("user", t),), "You are a terse assistant. Answer in a few words.") for t in texts]
 
 
 def test_greedy_loop_equals_transformers_generate_with_rows_ending_early(tiny):
@@ -184,12 +184,12 @@ def test_batched_generation_equals_one_at_a_time(tiny):
     config = GenerationConfig(max_output_tokens=10)
     from tunery.serve.generate import _shared_prefix
 
-    assert _shared_prefix([template.render_prompt(p.turns) for p in prompts]) >= 8  # the shared-prefix pass runs
+    assert _shared_prefix([template.render_prompt(p.turns, p.system) for p in prompts]) >= 8  # the prefix pass runs
     alone = [generate(model, template, [p], config, CPU)[0] for p in prompts]
     batched = er.generate_batched(lambda b: generate(model, template, b, config, CPU), template, prompts, 2)
     assert [g.text for g in batched] == [g.text for g in alone]
     assert [g.output_tokens for g in batched] == [g.output_tokens for g in alone]
-    assert [g.prompt_tokens for g in batched] == [len(template.render_prompt(p.turns)) for p in prompts]
+    assert [g.prompt_tokens for g in batched] == [len(template.render_prompt(p.turns, p.system)) for p in prompts]
 
 
 # ---------------------------------------------------------------- reports
