@@ -1,7 +1,9 @@
 """`make demo`: the main job on the bundled alert-summary sample, through the real `tunery` CLI.
 
 validate -> catch errors -> convert -> stats -> inspect -> `tunery serve` + the seed summarization notebook
-through the google-genai SDK (evaluate base, tune with LoRA on this CPU, evaluate tuned, ROUGE before/after). Each step prints the command it runs, so you can copy it.
+through the google-genai SDK (evaluate base, tune with LoRA on this CPU, evaluate tuned, ROUGE before/after) ->
+`tunery metrics` and `tunery compare`: the loss curves and the before/after report (table + HTML).
+Each step prints the command it runs, so you can copy it.
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ def main() -> None:
 
     print("\n== 6. Start `tunery serve` and run the seed summarization notebook through the google-genai SDK")
     serve_and_run_notebook()
+
+    print("\n== 7. The before/after report: base against the tuned run on all held-out alerts, batched, greedy")
+    run = max((OUT / "home" / "jobs").glob("*/run/manifest.json"), key=lambda p: p.stat().st_mtime).parent
+    tunery("metrics", str(run.relative_to(REPO)), "--plot", str((OUT / "curves.png").relative_to(REPO)))
+    tunery("compare", "--tuned", str(run.relative_to(REPO)), "--data", "examples/data/alerts_test.csv",
+           "--task", "summarization", "--max-output-tokens", "128", "--report", str((OUT / "report.html").relative_to(REPO)))
     print(f"\nDone. Files are in {OUT.relative_to(REPO)}/")
 
 
