@@ -16,6 +16,7 @@ a tuning fixed and the ones it regressed: rougeL_fmeasure, f1, 1/0 correct, sent
 
 from __future__ import annotations
 
+import logging
 import re
 import string
 from collections import Counter
@@ -59,6 +60,7 @@ def rouge(predictions: list[str], references: list[str]) -> Scores:
     from rouge_score import rouge_scorer
 
     if _SCORER is None:
+        logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs "Using default tokenizer." at INFO
         _SCORER = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     each = [_SCORER.score(target=r, prediction=p) for p, r in zip(predictions, references)]
     metrics = {f"{kind}_{part}": _mean([getattr(s[kind], part) for s in each])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -112,7 +113,9 @@ class Registry:
 
         name = f"a{abs(hash(adapter_dir)) % 10**12}"
         if not base.adapters and not hasattr(base.model, "peft_config"):
-            base.model = PeftModel.from_pretrained(base.model, adapter_dir, adapter_name=name).eval()
+            with warnings.catch_warnings():  # peft calls a transformers method deprecated in 5.x (FutureWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                base.model = PeftModel.from_pretrained(base.model, adapter_dir, adapter_name=name).eval()
         else:
             base.model.load_adapter(adapter_dir, adapter_name=name)
         base.adapters[adapter_dir] = name
