@@ -54,6 +54,18 @@ def _finish(report: dict, as_json: bool, report_path: str | None) -> None:
         out.print(f"report: {Path(report_path).resolve()} (JSON: {Path(report_path).with_suffix('.json').resolve()})")
 
 
+def _remote_options(f):
+    f = click.option("--api-key", envvar="TUNERY_API_KEY", help="The server's API key, if it has one.")(f)
+    return click.option("--server", envvar="TUNERY_SERVER", default="http://127.0.0.1:8080", show_default=True,
+                        help="tunery server URL, for a job id or name.")(f)
+
+
+def _remote(server: str, api_key: str | None):
+    from tunery.client import Client
+
+    return Client(server=server, api_key=api_key)
+
+
 @click.command("eval")
 @click.option("--model", "model_name", help="Base model name or alias, a `tune --local` run directory, or (with "
               "--server) a tuned model / endpoint name. Default: the default base model.")
@@ -92,8 +104,7 @@ def compare_cmd(base_name, tuned_name, data, task, limit, batch_size, max_output
 @click.argument("job_or_run")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw the curves to OUT.html or OUT.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print {metric name: [[step, value], ...]}.")
-@click.option("--server", help="tunery server URL, when JOB_OR_RUN is a job id or name.")
-@click.option("--api-key", envvar="TUNERY_API_KEY", help="The server's API key, if it has one.")
+@_remote_options
 def metrics_cmd(job_or_run, plot_path, as_json, server, api_key):
     """Loss and token-accuracy curves of a run directory or a server's tuning job.
 
@@ -107,9 +118,7 @@ def metrics_cmd(job_or_run, plot_path, as_json, server, api_key):
             raise TuneryError(f"{job_or_run}: no metrics.jsonl with steps in this directory",
                               hint="pass the --output directory of `tunery tune --local`")
     else:
-        from tunery.client import DEFAULT_SERVER, Client
-
-        c = Client(server=server or DEFAULT_SERVER, api_key=api_key)
+        c = _remote(server, api_key)
         curves = c.call("GET", c.name("tuningJobs", job_or_run) + "/metrics")["curves"]
     if plot_path:
         suffix = Path(plot_path).suffix.lower()
@@ -132,15 +141,12 @@ def metrics_cmd(job_or_run, plot_path, as_json, server, api_key):
 @click.argument("job")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Also save the HTML report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
-@click.option("--server", help="tunery server URL (default: $TUNERY_SERVER or http://127.0.0.1:8080).")
-@click.option("--api-key", envvar="TUNERY_API_KEY", help="The server's API key, if it has one.")
+@_remote_options
 def jobs_report_cmd(job, html_path, as_json, server, api_key):
     """The before/after evaluation of a job created with evaluationConfig.
 
     Example: tunery jobs report 1234567890123456789 --html report.html"""
-    from tunery.client import DEFAULT_SERVER, Client
-
-    c = Client(server=server or DEFAULT_SERVER, api_key=api_key)
+    c = _remote(server, api_key)
     path = c.name("tuningJobs", job) + "/evaluationReport"
     report = c.call("GET", path)
     if html_path:
