@@ -1,7 +1,8 @@
 """Serving: generateContent latency overhead against calling the model directly, and throughput with 8 concurrent
 clients against 1, on the real default model.
 
-Baseline "direct": `tunery.serve.generate.generate()` in this process on the same prompt and config. The server
+Baseline "direct": `tunery.serve.generate.generate()` in this process on the same prompt and config, alternating
+with the HTTP calls. The server
 runs as a separate `tunery serve` process on loopback, and clients use plain HTTP with greedy decoding and a
 fixed output budget.
 
@@ -49,12 +50,6 @@ def main() -> None:
     config = GenerationConfig(max_output_tokens=args.max_output_tokens)
     prompt = Prompt((Turn("user", PROMPT),))
     generate(model, template, [prompt], config, runtime)  # warm up
-    direct = []
-    for _ in range(5):
-        t = time.perf_counter()
-        generate(model, template, [prompt], config, runtime)
-        direct.append(time.perf_counter() - t)
-    del model
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -72,11 +67,15 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.5)
-        served = []
-        for _ in range(5):
+        direct, served = [], []
+        for _ in range(5):  # alternating, so machine noise hits both alike
+            t = time.perf_counter()
+            generate(model, template, [prompt], config, runtime)
+            direct.append(time.perf_counter() - t)
             t = time.perf_counter()
             _post(url, body)
             served.append(time.perf_counter() - t)
+        del model
 
         t = time.perf_counter()
         for _ in range(args.requests):
