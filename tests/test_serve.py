@@ -76,8 +76,23 @@ def test_adapter_trained_with_another_template_is_refused(adapters, tiny_model_d
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["chat_template"]["fingerprint"] = "0123456789abcdef"
     (copy / "manifest.json").write_text(json.dumps(manifest))
+    registry = Registry(runtime=Runtime("cpu", None))
     with pytest.raises(TemplateMismatch, match="trained with chat template 0123456789abcdef"):
-        Registry(runtime=Runtime("cpu", None)).generate(spec, str(copy), [PROMPT], CONFIG)
+        registry.generate(spec, str(copy), [PROMPT], CONFIG)
+    stream = registry.stream(spec, str(copy), PROMPT, CONFIG)
+    with pytest.raises(TemplateMismatch):  # before any text is sent
+        next(stream)
+    assert registry.generate(spec, adapters[0], [PROMPT], CONFIG)[0].text  # the model is free again
+
+
+def test_a_failing_stream_raises_instead_of_hanging(adapters, tiny_model_dir):
+    spec = models.resolve(str(tiny_model_dir))
+    registry = Registry(runtime=Runtime("cpu", None))
+    bad = GenerationConfig(max_output_tokens=4, temperature=0.7, top_k=-3)  # generate() itself rejects top_k < 0
+    with pytest.raises(ValueError):
+        list(registry.stream(spec, adapters[0], PROMPT, bad))
+    pieces = list(registry.stream(spec, adapters[0], PROMPT, GenerationConfig(max_output_tokens=4)))
+    assert pieces[-1].output_tokens == 4  # the model is free again, and streaming works
 
 
 def test_stop_sequences_and_max_tokens_set_the_finish_reason(adapters, tiny_model_dir):
