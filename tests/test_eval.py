@@ -280,6 +280,8 @@ def test_metrics_command_plots_html_and_png(run_dir, tmp_path):
     (["eval", "--data", "DATA", "--model", "UNFINISHED"], "this run has not finished"),
     (["eval", "--data", "DATA", "--model", "no-such-model"], "unknown base model"),
     (["eval", "--data", "DATA", "--server", "http://127.0.0.1:9"], "--model is required with --server"),
+    (["compare", "--tuned", "7", "--data", "DATA", "--server", "http://127.0.0.1:9"], "--base is required with --server"),
+    (["eval", "--data", "DATA", "--model", "7", "--server", "http://127.0.0.1:9"], "cannot reach the tunery server"),
 ])
 def test_eval_commands_report_bad_input_with_exit_code_2(args, message, run_dir, qa_data, tiny_model_dir, tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps(contents(("user", "q"), ("model", "a"))) + "\n[1]\n")

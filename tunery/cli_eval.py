@@ -94,8 +94,9 @@ def compare_cmd(base_name, tuned_name, data, task, limit, batch_size, max_output
     from tunery.eval import report as rp
     from tunery.eval import run as er
 
-    tuned = er.resolve_target(tuned_name, server)
-    base = er.resolve_target(base_name, server) if (base_name or not tuned.spec) else er.Target(tuned.spec.name, tuned.spec)
+    tuned = er.resolve_target(tuned_name, server, "--tuned")
+    base = (er.resolve_target(base_name, server, "--base") if (base_name or not tuned.spec)
+            else er.Target(tuned.spec.name, tuned.spec))  # a local tuned model's own base
     ev = er.run(data, {"base": base, "tuned": tuned}, task, limit, batch_size, max_output_tokens, temperature)
     _finish(rp.build(ev, rp.read_curves(tuned.run_dir) if tuned.run_dir else None), as_json, report_path)
 

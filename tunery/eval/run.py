@@ -26,6 +26,7 @@ from tunery.data.jsonl import read_records
 from tunery.errors import DatasetError, TuneryError
 from tunery.eval import metrics as mx
 from tunery.serve.generate import Generation, GenerationConfig, Prompt
+from tunery.train import checkpoints as ck
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_OUTPUT_TOKENS = 256
@@ -93,21 +94,21 @@ class Target:
         return d | {k: v for k, v in (("adapter", self.adapter), ("server", self.server), ("name", self.name)) if v}
 
 
-def resolve_target(name: str | None, server: str | None = None) -> Target:
+def resolve_target(name: str | None, server: str | None = None, flag: str = "--model") -> Target:
     if server:
         if not name:
-            raise TuneryError("--model is required with --server (a tuned model, endpoint or base model name)")
+            raise TuneryError(f"{flag} is required with --server (a tuned model, endpoint or base model name)")
         return Target(label=name, server=server, name=name)
     path = Path(name) if name else None
     if path is not None and path.is_dir() and (path / "adapter_config.json").is_file():  # a checkpoint
         manifest = json.loads((path / "manifest.json").read_text())
         return Target(str(path), models.resolve(manifest["base_model"]["name"]), str(path))
-    if path is not None and path.is_dir() and (path / "run.json").is_file():  # a tune --local run directory
-        if not (path / "adapter" / "COMPLETE").is_file():
+    if path is not None and path.is_dir() and (path / ck.RUN_FILE).is_file():  # a tune --local run directory
+        if not ck.is_complete(path / ck.ADAPTER_DIR):
             raise TuneryError(f"{path}: this run has not finished (no complete adapter/)",
                               hint="run the same `tunery tune --local` command again to resume it")
-        manifest = json.loads((path / "run.json").read_text())
-        return Target(str(path), models.resolve(manifest["base_model"]["name"]), str(path / "adapter"),
+        manifest = json.loads((path / ck.RUN_FILE).read_text())
+        return Target(str(path), models.resolve(manifest["base_model"]["name"]), str(path / ck.ADAPTER_DIR),
                       run_dir=str(path))
     spec = models.resolve(name)
     return Target(spec.name, spec)
@@ -195,11 +196,6 @@ class Result:
     predictions: list[str]
     output_tokens: list[int]
     seconds: float
-
-    def to_dict(self) -> dict:
-        return {"model": self.target.describe(), "task": self.task, "metrics": self.metrics, **self.details,
-                "examples": len(self.predictions), "seconds": round(self.seconds, 3),
-                "output_tokens": sum(self.output_tokens)}
 
 
 @dataclass
