@@ -120,7 +120,7 @@ class Generator:
     """Generates for targets; local ones share a serving Registry (one base model load per process).
 
     Local evaluation decodes in float32, without bf16 autocast: a bf16 batch's greedy tokens depend on which
-    other prompts share it (8 of 32 alert summaries changed on this CPU), and scores must not depend on
+    other prompts share it (9 of 32 alert summaries changed on this CPU), and scores must not depend on
     --batch-size. In float32 batched and one-at-a-time outputs are identical (tested; `bench/eval_bench.py`)."""
 
     def __init__(self, registry=None) -> None:
