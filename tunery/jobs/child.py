@@ -18,6 +18,7 @@ from pathlib import Path
 from tunery.config import TuningConfig
 from tunery.errors import ConfigError, DatasetError, TrainingError, TuneryError
 from tunery.jobs import states
+from tunery.train import checkpoints as ck
 from tunery.train.checkpoints import write_json
 
 JOB_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "job.json", "progress.json", "result.json", "log.txt"
@@ -75,13 +76,14 @@ def run(run_dir: Path) -> int:
         traceback.print_exc()
         write_json(run_dir / RESULT_FILE, {"status": "failed", "error": {"code": INTERNAL, "message": f"internal error: {exc!r}"}})
         return 2
-    base_model = json.loads((result.output / "run.json").read_text())["base_model"]["name"]
+    base_model = json.loads((result.output / ck.RUN_FILE).read_text())["base_model"]["name"]
+    adapter = str(result.output / ck.ADAPTER_DIR)
     if spec.get("evaluation"):
         progress["detail"] = states.POST_PROCESSING
         write_json(run_dir / PROGRESS_FILE, progress)
-        _evaluate(run_dir, spec["evaluation"], base_model, str(result.output / "adapter"), spec.get("job", "tuned"))
+        _evaluate(run_dir, spec["evaluation"], base_model, adapter, spec.get("job", "tuned"))
     write_json(run_dir / RESULT_FILE, {
-        "status": "succeeded", "adapter": str(result.output / "adapter"), "steps": result.steps, "epochs": result.epochs,
+        "status": "succeeded", "adapter": adapter, "steps": result.steps, "epochs": result.epochs,
         "metrics": result.metrics, "checkpoints": [{k: c[k] for k in ("checkpointId", "epoch", "step", "path")} for c in result.checkpoints],
         "stats": progress.get("stats"),
         "base_model": base_model})
@@ -95,7 +97,6 @@ def _evaluate(run_dir: Path, ev: dict, base_model: str, adapter: str, label: str
     from tunery.api.datasets import fetch
     from tunery.eval import report as rp
     from tunery.eval import run as er
-    from tunery.train.checkpoints import write_atomically
 
     out = run_dir / EVAL_DIR
     try:
@@ -105,7 +106,7 @@ def _evaluate(run_dir: Path, ev: dict, base_model: str, adapter: str, label: str
                             ev.get("task"), ev.get("limit"), max_output_tokens=ev.get("max_output_tokens", 256),
                             temperature=ev.get("temperature", 0.0))
         report = rp.build(evaluation, rp.read_curves(run_dir / RUN_SUBDIR))
-        write_atomically(out, lambda tmp: rp.write(report, tmp / EVAL_REPORT, (tmp / EVAL_REPORT).with_suffix(".html")))
+        ck.write_atomically(out, lambda tmp: rp.write(report, tmp / EVAL_REPORT, (tmp / EVAL_REPORT).with_suffix(".html")))
     except TuneryError as exc:
         _eval_failed(out, INVALID_ARGUMENT, str(exc))
     except Exception as exc:  # a bug: keep the traceback in the log
@@ -114,17 +115,13 @@ def _evaluate(run_dir: Path, ev: dict, base_model: str, adapter: str, label: str
 
 
 def _eval_failed(out: Path, code: int, message: str) -> None:
-    from tunery.train.checkpoints import write_atomically
-
-    write_atomically(out, lambda tmp: write_json(tmp / EVAL_ERROR, {"code": code, "message": message}))
+    ck.write_atomically(out, lambda tmp: write_json(tmp / EVAL_ERROR, {"code": code, "message": message}))
 
 
 def evaluation_status(run_dir: Path) -> dict:
     """{"report": path} once the evaluation is written, {"error": {code, message}} if it failed, {} before."""
-    from tunery.train.checkpoints import is_complete
-
     out = run_dir / EVAL_DIR
-    if not is_complete(out):
+    if not ck.is_complete(out):
         return {}
     if (out / EVAL_ERROR).is_file():
         return {"error": json.loads((out / EVAL_ERROR).read_text())}
