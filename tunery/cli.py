@@ -376,7 +376,7 @@ def jobs_create(train_file, validation, base_model, epochs, adapter_size, learni
     """Create a tuning job. Example: tunery jobs create --train data/train.jsonl --epochs 3 --wait"""
     import time
 
-    from tunery.api.wire import ADAPTER_SIZE_NAMES
+    from tunery.api.wire.tuning import ADAPTER_SIZE_NAMES
 
     c = _client(server, project, location, api_key)
     hp = {k: v for k, v in {"epochCount": epochs, "learningRateMultiplier": learning_rate_multiplier,

@@ -3,56 +3,19 @@
 from __future__ import annotations
 
 import hmac
-import os
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tunery.api import errors
+from tunery.api.routes import endpoints, experiments, gce_metadata, generation, tuning
+from tunery.api.services import LOOPBACK, ServerSettings, Services  # noqa: F401  (re-exported for callers)
 from tunery.jobs.store import Store
 from tunery.jobs.worker import Worker
-from tunery.serve.registry import DEFAULT_MAX_ADAPTERS, Registry
+from tunery.serve.registry import Registry
 
 API_VERSIONS = ("v1beta1", "v1")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """How a server runs. Dataset files are read only under `allowed_roots`."""
-
-    home: Path
-    api_key: str | None = None  # when set, every route requires it (Bearer token or x-goog-api-key)
-    allow_paths: tuple[Path, ...] = ()  # extra roots besides the start directory and the home
-    allow_http_datasets: bool = False
-    max_concurrent_jobs: int = 1  # Vertex's concurrent-tuning-job quota
-    max_loaded_adapters: int = DEFAULT_MAX_ADAPTERS
-    validate_on_create_bytes: int = 8 << 20  # datasets this small are validated before create returns
-    start_worker: bool = True
-    cwd: Path = field(default_factory=Path.cwd)
-
-    @property
-    def allowed_roots(self) -> list[Path]:
-        return [Path(os.path.realpath(p)) for p in (self.cwd, self.home, *self.allow_paths)]
-
-
-@dataclass
-class Services:
-    settings: ServerSettings
-    store: Store
-    worker: Worker
-    registry: Registry
-
-
-def services(request: Request) -> Services:
-    return request.app.state.services
-
-
-Svc = Annotated[Services, Depends(services)]
 
 
 def _authorized(request: Request, key: str) -> bool:
@@ -62,8 +25,6 @@ def _authorized(request: Request, key: str) -> bool:
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
-    from tunery.api.routes import generation, tuning
-
     store = Store(settings.home / "tunery.db")
     svc = Services(settings, store, Worker(store, max_concurrent=settings.max_concurrent_jobs),
                    Registry(max_adapters=settings.max_loaded_adapters))
@@ -88,6 +49,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return await call_next(request)
 
     for version in API_VERSIONS:
-        app.include_router(tuning.router, prefix=f"/{version}")
-        app.include_router(generation.router, prefix=f"/{version}")
+        # endpoints before generation: `endpoints/{id}:undeployModel` before `endpoints/{id}:{method}`
+        for routes in (tuning, endpoints, experiments, generation):
+            app.include_router(routes.router, prefix=f"/{version}")
+    app.include_router(endpoints.ui_router)
+    app.include_router(gce_metadata.router)
     return app

@@ -60,6 +60,22 @@ def m001_jobs_models_endpoints(db: sqlite3.Connection) -> None:
     """)
 
 
+@migration
+def m002_endpoint_deployment_experiments_operations(db: sqlite3.Connection) -> None:
+    """Endpoints can be undeployed (kept, serving nothing) and deleted on their own; a job's Vertex Experiment
+    context and its run context can be deleted (the metrics stay with the job); long-running operations are kept
+    so `operations.get` answers for them."""
+    _run(db, """
+    ALTER TABLE endpoints ADD COLUMN deployed INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE jobs ADD COLUMN experiment_deleted INTEGER NOT NULL DEFAULT 0;  -- 1: run context gone, 2: both gone
+    CREATE TABLE operations (
+        name TEXT PRIMARY KEY,            -- projects/{p}/locations/{l}/operations/{id}
+        body TEXT NOT NULL,               -- the google.longrunning.Operation (JSON)
+        create_time TEXT NOT NULL
+    )
+    """)
+
+
 def _run(db: sqlite3.Connection, script: str) -> None:
     """Execute statements one by one (executescript would COMMIT the migration's transaction early)."""
     for statement in script.split(";"):

@@ -54,6 +54,7 @@ class Job:
     run_dir: str
     model_id: str | None
     attempts: int
+    experiment_deleted: int = 0  # EXPERIMENT_LIVE, RUN_CONTEXT_DELETED or EXPERIMENT_DELETED
 
     @property
     def name(self) -> str:
@@ -88,10 +89,14 @@ class Endpoint:
     model_id: str
     checkpoint_id: str | None
     create_time: str
+    deployed: int = 1  # 0 once undeployed: the endpoint stays, serving nothing
 
     @property
     def name(self) -> str:
         return f"projects/{self.project}/locations/{self.location}/endpoints/{self.id}"
+
+
+EXPERIMENT_LIVE, RUN_CONTEXT_DELETED, EXPERIMENT_DELETED = 0, 1, 2
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -225,7 +230,8 @@ class Store:
                         req.get("description"), base_model, adapter_dir, json.dumps(checkpoints),
                         json.dumps(req.get("labels") or {}), ts, ts))
             for checkpoint_id in [None] + [c["checkpointId"] for c in checkpoints]:
-                db.execute("INSERT INTO endpoints VALUES (?, ?, ?, ?, ?, ?)",
+                db.execute("INSERT INTO endpoints (id, project, location, model_id, checkpoint_id, create_time)"
+                           " VALUES (?, ?, ?, ?, ?, ?)",
                            (new_id(), job.project, job.location, model_id, checkpoint_id, ts))
             db.execute("UPDATE jobs SET state = ?, detail_state = NULL, update_time = ?, end_time = ?, model_id = ?,"
                        " metadata = ? WHERE id = ?", (states.SUCCEEDED, ts, ts, model_id, json.dumps(metadata), job.id))
@@ -258,3 +264,36 @@ class Store:
     def get_endpoint(self, endpoint_id: str) -> Endpoint | None:
         row = self._db().execute("SELECT * FROM endpoints WHERE id = ?", (endpoint_id,)).fetchone()
         return Endpoint(**dict(row)) if row else None
+
+    def list_endpoints(self, project: str, location: str, page_size: int, offset: int
+                       ) -> tuple[list[Endpoint], int | None]:
+        rows = self._db().execute("SELECT * FROM endpoints WHERE project = ? AND location = ? ORDER BY create_time DESC,"
+                                  " id DESC LIMIT ? OFFSET ?", (project, location, page_size + 1, offset)).fetchall()
+        more = len(rows) > page_size
+        return [Endpoint(**dict(r)) for r in rows[:page_size]], (offset + page_size if more else None)
+
+    def undeploy_endpoint(self, endpoint_id: str) -> None:
+        self._db().execute("UPDATE endpoints SET deployed = 0 WHERE id = ?", (endpoint_id,))
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        self._db().execute("DELETE FROM endpoints WHERE id = ?", (endpoint_id,))
+
+    def delete_experiment(self, job_id: str, level: int) -> None:
+        """Mark a job's experiment run context (RUN_CONTEXT_DELETED) or whole experiment (EXPERIMENT_DELETED) deleted."""
+        self._db().execute("UPDATE jobs SET experiment_deleted = MAX(experiment_deleted, ?) WHERE id = ?", (level, job_id))
+
+    def jobs_with_experiments(self, project: str, location: str) -> list[Job]:
+        """Jobs whose Experiment context exists: started, and not deleted. Newest first."""
+        rows = self._db().execute("SELECT * FROM jobs WHERE project = ? AND location = ? AND start_time IS NOT NULL"
+                                  " AND experiment_deleted < ? ORDER BY create_time DESC, id DESC",
+                                  (project, location, EXPERIMENT_DELETED)).fetchall()
+        return [_job(r) for r in rows]
+
+    # ---------------------------------------------------------------- long-running operations
+
+    def add_operation(self, name: str, body: dict) -> None:
+        self._db().execute("INSERT INTO operations VALUES (?, ?, ?)", (name, json.dumps(body), now()))
+
+    def get_operation(self, name: str) -> dict | None:
+        row = self._db().execute("SELECT body FROM operations WHERE name = ?", (name,)).fetchone()
+        return json.loads(row["body"]) if row else None

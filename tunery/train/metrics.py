@@ -6,6 +6,7 @@ TensorBoard does not allow in a tag ("train_total_loss")."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 TRAIN_LOSS = "/train_total_loss"
@@ -45,7 +46,8 @@ class MetricsLog:
         self._tb = SummaryWriter(logdir=str(run_dir / EVENTS_DIR), purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, step: int, epoch: float, values: dict[str, float]) -> None:
-        self._file.write(json.dumps({"step": step, "epoch": round(epoch, 4), **values}) + "\n")
+        wall = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # TensorBoard's wallTime (RFC 3339)
+        self._file.write(json.dumps({"step": step, "epoch": round(epoch, 4), **values, "time": wall}) + "\n")
         self._file.flush()
         for name, value in values.items():
             self._tb.add_scalar(name.lstrip("/"), value, step)  # TensorBoard tags may not start with "/"

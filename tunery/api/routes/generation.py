@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets
+from collections.abc import Iterator
+from typing import Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 from fastapi.responses import StreamingResponse
 
 from tunery import models
-from tunery.api import wire
-from tunery.api.app import Services, Svc
+from tunery.api.wire import generation as wg
+from tunery.api.services import Services, Svc
 from tunery.api.errors import ApiError, error_body
 from tunery.errors import ModelNotFoundError, TuneryError
 from tunery.serve.generate import Generation
 
+log = logging.getLogger("tunery")
 router = APIRouter()
 PLACE = "/projects/{project}/locations/{location}"
 METHODS = ("generateContent", "streamGenerateContent", "countTokens", "computeTokens")
@@ -25,8 +29,11 @@ METHODS = ("generateContent", "streamGenerateContent", "countTokens", "computeTo
 def _endpoint_target(svc: Services, endpoint_id: str) -> tuple[models.BaseModelSpec, str, str]:
     ep = svc.store.get_endpoint(endpoint_id)
     model = svc.store.get_model(ep.model_id) if ep else None
-    if model is None:
-        raise ApiError(404, f"endpoint {endpoint_id} not found (its model may have been deleted)")
+    if ep is None or model is None:
+        raise ApiError(404, f"endpoint {endpoint_id} not found (it, or its model, may have been deleted)")
+    if not ep.deployed:
+        raise ApiError(400, f"endpoint {endpoint_id} has no deployed model (it was undeployed); the tuned model "
+                            f"{model.name} is still there: call it by model name, or tune again", "FAILED_PRECONDITION")
     paths = {c["checkpointId"]: c["path"] for c in model.checkpoints}
     adapter = paths[ep.checkpoint_id] if ep.checkpoint_id else model.adapter_dir
     return models.resolve(model.base_model), adapter, f"{model.name}@1"
@@ -40,59 +47,77 @@ def _base_target(name: str) -> tuple[models.BaseModelSpec, None, str]:
     return spec, None, spec.name
 
 
-def _dispatch(svc: Services, method: str, target, body: dict):
+def _dispatch(svc: Services, request: Request, method: str, target, body: Any):
     spec, adapter, version = target
     if method not in METHODS:
         raise ApiError(404, f"unknown method :{method}; expected one of {', '.join(METHODS)}")
     template = models.load_template(spec)
     if method in ("countTokens", "computeTokens"):
-        prompt, _, _ = wire.parse_generate({**body, "contents": body.get("contents") or []})
-        ids = template.render_prompt(prompt.turns, prompt.system)
+        prompt = wg.parse_count_tokens(body)
+        ids = template.render_prompt(prompt.turns, prompt.system) if prompt.turns else []
         if method == "countTokens":
             return {"totalTokens": len(ids)}
         return {"tokensInfo": [{"role": "user", "tokenIds": [str(i) for i in ids],
                                 "tokens": [base64.b64encode(template.decode([i]).encode()).decode() for i in ids]}]}
-    prompt, config, n = wire.parse_generate(body)
+    req = wg.parse_generate(body)
     if method == "generateContent":
-        gens = svc.registry.generate(spec, adapter, [prompt] * n, config)
-        return wire.response_json(gens, version)
-    return StreamingResponse(_sse(svc, spec, adapter, prompt, config, version), media_type="text/event-stream")
+        gens = svc.registry.generate(spec, adapter, [req.prompt] * req.candidate_count, req.config)
+        return wg.response_json(gens, version)
+    chunks = _chunks(svc, spec, adapter, req, version)
+    if request.query_params.get("alt") == "sse":  # google-genai
+        return StreamingResponse((f"data: {json.dumps(c)}\n\n" for c in chunks), media_type="text/event-stream")
+    return StreamingResponse(_json_array(chunks), media_type="application/json")  # Vertex REST without alt=sse
 
 
-def _sse(svc, spec, adapter, prompt, config, version):
-    """Server-sent events: `data: {GenerateContentResponse}` + blank line per chunk; usage on the last one."""
+def _json_array(chunks: Iterator[dict]) -> Iterator[str]:
+    """The non-SSE streamGenerateContent answer: one JSON array, its elements sent as they are generated."""
+    yield "["
+    for i, chunk in enumerate(chunks):
+        yield ("," if i else "") + json.dumps(chunk)
+    yield "]"
+
+
+def _chunks(svc: Services, spec, adapter, req: wg.GenerateRequest, version: str) -> Iterator[dict]:
+    """GenerateContentResponse chunks; finish reason and usage on the last one; an error becomes a last chunk in
+    the error shape (the SDKs raise it), so a stream is never cut without a word."""
     response_id = secrets.token_hex(11)
     try:
-        for item in svc.registry.stream(spec, adapter, prompt, config):
+        for item in svc.registry.stream(spec, adapter, req.prompt, req.config):
             if isinstance(item, Generation):
-                last = wire.response_json([item], version)
+                last = wg.response_json([item], version)
                 last["candidates"][0]["content"]["parts"] = [{"text": ""}]
                 last["responseId"] = response_id
-                yield f"data: {json.dumps(last)}\n\n"
+                yield last
             else:
-                yield f"data: {json.dumps(wire.chunk_json(item, version, response_id))}\n\n"
+                yield wg.chunk_json(item, version, response_id)
     except TuneryError as exc:
-        yield f"data: {json.dumps(error_body(400, exc.message))}\n\n"
+        yield error_body(400, exc.message)
+    except Exception:  # a bug: logged with its traceback; the client gets the error shape, not a cut stream
+        log.exception("stream failed")
+        yield error_body(500, "internal error while generating; see the server log")
 
 
 @router.post(PLACE + "/endpoints/{endpoint_id}:{method}")
-def endpoint_method(project: str, location: str, endpoint_id: str, method: str, svc: Svc, body: dict = Body(...)):
-    return _dispatch(svc, method, _endpoint_target(svc, endpoint_id), body)
+def endpoint_method(project: str, location: str, endpoint_id: str, method: str, svc: Svc, request: Request,
+                    body: Any = Body(...)):
+    return _dispatch(svc, request, method, _endpoint_target(svc, endpoint_id), body)
 
 
 @router.post(PLACE + "/models/{model_id}:{method}")
-def tuned_model_method(project: str, location: str, model_id: str, method: str, svc: Svc, body: dict = Body(...)):
+def tuned_model_method(project: str, location: str, model_id: str, method: str, svc: Svc, request: Request,
+                       body: Any = Body(...)):
+    """A tuned model by name serves its final adapter whether or not an endpoint is deployed."""
     model = svc.store.get_model(model_id.split("@")[0])
     if model is None:
         raise ApiError(404, f"tuned model {model_id} not found")
-    ep = next(e for e in svc.store.endpoints_of(model.id) if e.checkpoint_id is None)
-    return _dispatch(svc, method, _endpoint_target(svc, ep.id), body)
+    target = models.resolve(model.base_model), model.adapter_dir, f"{model.name}@1"
+    return _dispatch(svc, request, method, target, body)
 
 
 @router.post(PLACE + "/publishers/{publisher}/models/{model}:{method}")
 def publisher_model_method(project: str, location: str, publisher: str, model: str, method: str, svc: Svc,
-                           body: dict = Body(...)):
-    return _dispatch(svc, method, _base_target(model), body)
+                           request: Request, body: Any = Body(...)):
+    return _dispatch(svc, request, method, _base_target(model), body)
 
 
 def _base_model_json(name: str, spec: models.BaseModelSpec) -> dict:

@@ -1,4 +1,4 @@
-"""Tuning jobs, tuned models and endpoints."""
+"""Tuning jobs and tuned models."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 from fastapi import APIRouter, Body
 
 from tunery import models
-from tunery.api import datasets, wire
-from tunery.api.app import Services, Svc
+from tunery.api import datasets
 from tunery.api.errors import ApiError
-from tunery.api.wire import get
+from tunery.api.services import Services, Svc
+from tunery.api.wire import tuning as wire
+from tunery.api.wire.common import get, page
 from tunery.config import TuningConfig
 from tunery.data.validate import Limits, validate
 from tunery.jobs import child, states
@@ -139,19 +140,10 @@ def get_tuning_job(project: str, location: str, job_id: str, svc: Svc) -> dict:
     return _job_json(svc, _job_or_404(svc, job_id))
 
 
-def _page(page_size: int | None, page_token: str | None) -> tuple[int, int]:
-    size = 100 if page_size in (None, 0) else page_size
-    if not 1 <= size <= 1000:
-        raise ApiError(400, f"pageSize: expected 1 to 1000, found {page_size}")
-    if page_token and not page_token.isdigit():
-        raise ApiError(400, f"pageToken: not a token this server issued: {page_token!r}")
-    return size, int(page_token or 0)
-
-
 @router.get(PLACE + "/tuningJobs")
 def list_tuning_jobs(project: str, location: str, svc: Svc, pageSize: int | None = None, pageToken: str | None = None,
                      filter: str | None = None) -> dict:
-    size, offset = _page(pageSize, pageToken)
+    size, offset = page(pageSize, pageToken)
     wanted = None
     if filter:
         wanted = set(re.findall(r"JOB_STATE_[A-Z_]+", filter))
@@ -216,7 +208,7 @@ def get_model(project: str, location: str, model_id: str, svc: Svc) -> dict:
 
 @router.get(PLACE + "/models")
 def list_models(project: str, location: str, svc: Svc, pageSize: int | None = None, pageToken: str | None = None) -> dict:
-    size, offset = _page(pageSize, pageToken)
+    size, offset = page(pageSize, pageToken)
     found, nxt = svc.store.list_models(project, location, size, offset)
     out: dict = {"models": [wire.model_json(m, svc.store.endpoints_of(m.id)) for m in found]}
     if nxt is not None:
@@ -236,14 +228,3 @@ def delete_model(project: str, location: str, model_id: str, svc: Svc) -> dict:
     for sub in ("adapter", "checkpoints"):
         shutil.rmtree(run / sub, ignore_errors=True)
     return {}
-
-
-@router.get(PLACE + "/endpoints/{endpoint_id}")
-def get_endpoint(project: str, location: str, endpoint_id: str, svc: Svc) -> dict:
-    ep = svc.store.get_endpoint(endpoint_id)
-    if ep is None:
-        raise ApiError(404, f"endpoint {endpoint_id} not found")
-    model = svc.store.get_model(ep.model_id)
-    return {"name": ep.name, "displayName": f"{model.display_name or model.id}" + (f" checkpoint {ep.checkpoint_id}" if ep.checkpoint_id else ""),
-            "createTime": ep.create_time, "deployedModels": [{"id": model.id, "model": model.name,
-                                                              "checkpointId": ep.checkpoint_id}]}

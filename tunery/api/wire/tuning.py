@@ -1,58 +1,20 @@
-"""Vertex JSON shapes: parse requests (camelCase or snake_case, enums as names or the old SDK's numbers, int64 as
-strings) and build responses (camelCase, full resource names). Stored rows never leave without passing here."""
+"""Tuning jobs and tuned models on the wire: the create request's hyperparameters and evaluationConfig parsed
+(camelCase or snake_case, enums as names or the old SDK's numbers, int64 as strings), and TuningJob / Model
+rendered (camelCase, full resource names). Stored rows never leave without passing here."""
 
 from __future__ import annotations
 
-import re
-import secrets
 from typing import Any
 
 from tunery.api.errors import ApiError
-from tunery.data.schema import Turn
-from tunery.jobs.store import Endpoint, Job, Model, now
-from tunery.serve.generate import Generation, GenerationConfig, Prompt
+from tunery.api.wire.common import float_field, int_field, get
+from tunery.api.wire import metadata
+from tunery.jobs.store import Endpoint, Job, Model
 
 ADAPTER_SIZES = {"ADAPTER_SIZE_ONE": 1, "ADAPTER_SIZE_TWO": 2, "ADAPTER_SIZE_FOUR": 4, "ADAPTER_SIZE_EIGHT": 8,
                  "ADAPTER_SIZE_SIXTEEN": 16}
 ADAPTER_SIZE_NAMES = {v: k for k, v in ADAPTER_SIZES.items()}
 OLD_SDK_ADAPTER_SIZES = {1: 1, 6: 2, 2: 4, 3: 8, 4: 16}  # proto enum numbers (google-cloud-aiplatform)
-
-
-def _snake(key: str) -> str:
-    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), key)
-
-
-def get(d: dict | None, key: str, default: Any = None) -> Any:
-    """A field by its camelCase name or its snake_case spelling (the SDK sends some pydantic dumps as-is)."""
-    if not isinstance(d, dict):
-        return default
-    if key in d:
-        return d[key]
-    return d.get(_snake(key), default)
-
-
-def _int(value: Any, field: str, lo: int, hi: int) -> int | None:
-    if value is None:
-        return None
-    try:
-        number = int(value) if not isinstance(value, float) or value.is_integer() else None
-    except (TypeError, ValueError):
-        number = None
-    if number is None or not lo <= number <= hi:
-        raise ApiError(400, f"{field}: expected a whole number from {lo} to {hi}, found {value!r}")
-    return number
-
-
-def _float(value: Any, field: str, lo: float, hi: float) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or not lo < number <= hi:
-        raise ApiError(400, f"{field}: expected a number in ({lo}, {hi}], found {value!r}")
-    return number
 
 
 def adapter_size(value: Any, field: str) -> int | None:
@@ -69,11 +31,11 @@ def hyperparameters(spec: dict) -> dict:
     """TuningConfig fields from supervisedTuningSpec.hyperParameters (validated, with field paths in errors)."""
     hp = get(spec, "hyperParameters") or {}
     where = "supervisedTuningSpec.hyperParameters"
-    out = {"epochs": _int(get(hp, "epochCount"), f"{where}.epochCount", 1, 100),
-           "learning_rate_multiplier": _float(get(hp, "learningRateMultiplier"), f"{where}.learningRateMultiplier", 0, 100),
+    out = {"epochs": int_field(get(hp, "epochCount"), f"{where}.epochCount", 1, 100),
+           "learning_rate_multiplier": float_field(get(hp, "learningRateMultiplier"), f"{where}.learningRateMultiplier", 0, 100),
            "adapter_size": adapter_size(get(hp, "adapterSize"), f"{where}.adapterSize"),
-           "batch_size": _int(get(hp, "batchSize"), f"{where}.batchSize", 1, 4096),
-           "learning_rate": _float(get(hp, "learningRate"), f"{where}.learningRate", 0, 1)}
+           "batch_size": int_field(get(hp, "batchSize"), f"{where}.batchSize", 1, 4096),
+           "learning_rate": float_field(get(hp, "learningRate"), f"{where}.learningRate", 0, 1)}
     mode = get(spec, "tuningMode")
     if mode not in (None, "TUNING_MODE_UNSPECIFIED", "TUNING_MODE_PEFT_ADAPTER"):
         raise ApiError(400, f"supervisedTuningSpec.tuningMode: expected TUNING_MODE_PEFT_ADAPTER, found {mode!r} "
@@ -102,8 +64,8 @@ def evaluation(spec: dict) -> dict | None:
     gen = get(ec, "inferenceGenerationConfig") or {}
     temperature = get(gen, "temperature")
     return {"dataset": get(ec, "datasetUri"), "task": task,
-            "limit": _int(get(ec, "limit"), f"{where}.limit", 1, 100_000) or 100,
-            "max_output_tokens": _int(get(gen, "maxOutputTokens"), f"{where}.inferenceGenerationConfig.maxOutputTokens",
+            "limit": int_field(get(ec, "limit"), f"{where}.limit", 1, 100_000) or 100,
+            "max_output_tokens": int_field(get(gen, "maxOutputTokens"), f"{where}.inferenceGenerationConfig.maxOutputTokens",
                                       1, 8192) or 256,
             "temperature": 0.0 if temperature is None else _float_or_zero(temperature, f"{where}.inferenceGenerationConfig.temperature")}
 
@@ -120,7 +82,7 @@ def _task_of_metrics(metrics: Any) -> str | None:
 
 
 def _float_or_zero(value: Any, field: str) -> float:
-    return 0.0 if value == 0 else _float(value, field, 0, 2)  # type: ignore[return-value]
+    return 0.0 if value == 0 else float_field(value, field, 0, 2)  # type: ignore[return-value]
 
 
 def evaluate_dataset_runs(job: Job, status: dict | None) -> list[dict] | None:
@@ -162,7 +124,8 @@ def job_json(job: Job, model: Model | None, endpoints: list[Endpoint], evaluatio
         out["tuningDataStats"] = {"supervisedTuningDataStats": job.stats}
     if job.metadata:
         out["tuningJobMetadata"] = {k: str(v) for k, v in job.metadata.items()}
-    out["experiment"] = f"projects/{job.project}/locations/{job.location}/metadataStores/default/contexts/tuning-experiment-{job.id}"
+    if metadata.has_experiment(job):  # never before the context exists (the vertexai SDK reads it at once)
+        out["experiment"] = metadata.experiment_name(job)
     if model is not None:
         out["tunedModel"] = tuned_model_json(model, endpoints)
     if runs := evaluate_dataset_runs(job, evaluation_status):
@@ -171,14 +134,14 @@ def job_json(job: Job, model: Model | None, endpoints: list[Endpoint], evaluatio
 
 
 def tuned_model_json(model: Model, endpoints: list[Endpoint]) -> dict:
-    by_ckpt = {e.checkpoint_id: e.name for e in endpoints}
+    by_ckpt = {e.checkpoint_id: e.name for e in endpoints if e.deployed}
     return {"model": f"{model.name}@1", "endpoint": by_ckpt.get(None),
             "checkpoints": [{"checkpointId": c["checkpointId"], "epoch": str(c["epoch"]), "step": str(c["step"]),
                              "endpoint": by_ckpt.get(c["checkpointId"])} for c in model.checkpoints]}
 
 
 def model_json(model: Model, endpoints: list[Endpoint]) -> dict:
-    final = next((e for e in endpoints if e.checkpoint_id is None), None)
+    final = next((e for e in endpoints if e.checkpoint_id is None and e.deployed), None)
     return {"name": model.name, "displayName": model.display_name or f"tuned-{model.id}", "description": model.description or "",
             "versionId": "1", "createTime": model.create_time, "updateTime": model.update_time,
             "labels": {**(model.labels or {}), "google-vertex-llm-tuning-base-model-id": model.base_model},
@@ -188,72 +151,3 @@ def model_json(model: Model, endpoints: list[Endpoint]) -> dict:
                             for c in model.checkpoints]}
 
 
-# ---------------------------------------------------------------- generateContent
-
-def _text_of(content: Any, where: str) -> str:
-    if not isinstance(content, dict):
-        raise ApiError(400, f"{where}: expected a Content object, found {type(content).__name__}")
-    parts = get(content, "parts")
-    if not isinstance(parts, list) or not parts:
-        raise ApiError(400, f"{where}.parts: expected a non-empty list of parts")
-    texts = []
-    for j, part in enumerate(parts):
-        if not isinstance(part, dict):
-            raise ApiError(400, f"{where}.parts[{j}]: expected a part object")
-        if get(part, "thought"):
-            continue
-        if "text" not in part:
-            kind = next(iter(part), "empty part")
-            raise ApiError(400, f"{where}.parts[{j}]: {kind} parts are not supported by text models; send text")
-        texts.append(str(part["text"]))
-    return "".join(texts)
-
-
-def parse_generate(body: dict) -> tuple[Prompt, GenerationConfig, int]:
-    """(prompt, generation config, candidate count) from a GenerateContentRequest."""
-    contents = get(body, "contents")
-    if not isinstance(contents, list) or not contents:
-        raise ApiError(400, "contents: expected at least one Content")
-    turns = []
-    for i, c in enumerate(contents):
-        role = get(c, "role", "user") if isinstance(c, dict) else None
-        if role not in ("user", "model"):
-            raise ApiError(400, f"contents[{i}].role: expected \"user\" or \"model\", found {role!r}")
-        turns.append(Turn(role, _text_of(c, f"contents[{i}]")))
-    if turns[-1].role != "user":
-        raise ApiError(400, f"contents[{len(turns) - 1}].role: the last turn must be from the user")
-    system = get(body, "systemInstruction")
-    system_text = _text_of(system, "systemInstruction") if system is not None else None
-    gc = get(body, "generationConfig") or {}
-    stops = get(gc, "stopSequences") or []
-    if not isinstance(stops, list) or len(stops) > 5 or not all(isinstance(s, str) for s in stops):
-        raise ApiError(400, "generationConfig.stopSequences: expected at most 5 strings")
-    temperature = get(gc, "temperature")
-    if temperature is not None and not 0 <= float(temperature) <= 2:
-        raise ApiError(400, f"generationConfig.temperature: expected 0 to 2, found {temperature}")
-    top_p = get(gc, "topP")
-    if top_p is not None and not 0 < float(top_p) <= 1:
-        raise ApiError(400, f"generationConfig.topP: expected a number in (0, 1], found {top_p}")
-    config = GenerationConfig(
-        max_output_tokens=_int(get(gc, "maxOutputTokens"), "generationConfig.maxOutputTokens", 1, 8192) or 256,
-        temperature=float(temperature) if temperature is not None else 0.0,
-        top_p=float(top_p) if top_p is not None else None,
-        top_k=_int(get(gc, "topK"), "generationConfig.topK", 1, 1000),
-        stop_sequences=tuple(stops), seed=_int(get(gc, "seed"), "generationConfig.seed", -(2**31), 2**31 - 1))
-    n = _int(get(gc, "candidateCount"), "generationConfig.candidateCount", 1, 8) or 1
-    return Prompt(tuple(turns), system_text), config, n
-
-
-def response_json(gens: list[Generation], model_version: str) -> dict:
-    prompt_tokens = gens[0].prompt_tokens
-    out_tokens = sum(g.output_tokens for g in gens)
-    return {"candidates": [{"content": {"role": "model", "parts": [{"text": g.text}]}, "finishReason": g.finish_reason,
-                            "index": i} for i, g in enumerate(gens)],
-            "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": out_tokens,
-                              "totalTokenCount": prompt_tokens + out_tokens, "trafficType": "ON_DEMAND"},
-            "modelVersion": model_version, "responseId": secrets.token_hex(11), "createTime": now()}
-
-
-def chunk_json(text: str, model_version: str, response_id: str) -> dict:
-    return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}],
-            "modelVersion": model_version, "responseId": response_id, "createTime": now()}

@@ -1,0 +1,52 @@
+"""What every route depends on: the server's settings and the `Services` bundle (store, worker, serving registry).
+
+Routes import this module, never `app.py`, so the app can import the routes at module level (no import circle)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from tunery.jobs.store import Store
+from tunery.jobs.worker import Worker
+from tunery.serve.registry import DEFAULT_MAX_ADAPTERS, Registry
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How a server runs. Dataset files are read only under `allowed_roots`."""
+
+    home: Path
+    api_key: str | None = None  # when set, every route requires it (Bearer token or x-goog-api-key)
+    allow_paths: tuple[Path, ...] = ()  # extra roots besides the start directory and the home
+    allow_http_datasets: bool = False
+    max_concurrent_jobs: int = 1  # Vertex's concurrent-tuning-job quota
+    max_loaded_adapters: int = DEFAULT_MAX_ADAPTERS
+    validate_on_create_bytes: int = 8 << 20  # datasets this small are validated before create returns
+    start_worker: bool = True
+    cwd: Path = field(default_factory=Path.cwd)
+
+    @property
+    def allowed_roots(self) -> list[Path]:
+        return [Path(os.path.realpath(p)) for p in (self.cwd, self.home, *self.allow_paths)]
+
+
+@dataclass
+class Services:
+    settings: ServerSettings
+    store: Store
+    worker: Worker
+    registry: Registry
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+Svc = Annotated[Services, Depends(services)]

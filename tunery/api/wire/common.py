@@ -1,0 +1,55 @@
+"""Reading Vertex request JSON: a field by either spelling, numbers checked against a range with the field named."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tunery.api.errors import ApiError
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), key)
+
+
+def get(d: dict | None, key: str, default: Any = None) -> Any:
+    """A field by its camelCase name or its snake_case spelling (the SDK sends some pydantic dumps as-is)."""
+    if not isinstance(d, dict):
+        return default
+    if key in d:
+        return d[key]
+    return d.get(_snake(key), default)
+
+
+def int_field(value: Any, field: str, lo: int, hi: int) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value) if not isinstance(value, float) or value.is_integer() else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not lo <= number <= hi:
+        raise ApiError(400, f"{field}: expected a whole number from {lo} to {hi}, found {value!r:.80}")
+    return number
+
+
+def float_field(value: Any, field: str, lo: float, hi: float) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not lo < number <= hi:
+        raise ApiError(400, f"{field}: expected a number in ({lo}, {hi}], found {value!r:.80}")
+    return number
+
+
+def page(page_size: int | None, page_token: str | None) -> tuple[int, int]:
+    """(page size, offset) from a list call's pageSize and pageToken (an offset this server issued)."""
+    size = 100 if page_size in (None, 0) else page_size
+    if not 1 <= size <= 1000:
+        raise ApiError(400, f"pageSize: expected 1 to 1000, found {page_size}")
+    if page_token and not page_token.isdigit():
+        raise ApiError(400, f"pageToken: not a token this server issued: {page_token!r:.80}")
+    return size, int(page_token or 0)

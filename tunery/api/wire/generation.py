@@ -1,0 +1,118 @@
+"""GenerateContentRequest parsed into a prompt and a generation config; GenerateContentResponse rendered."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from tunery.api.errors import ApiError
+from tunery.api.wire.common import float_field, get, int_field
+from tunery.data.schema import Turn
+from tunery.jobs.store import now
+from tunery.serve.generate import Generation, GenerationConfig, Prompt
+
+MAX_OUTPUT_TOKENS = 8192
+MAX_CANDIDATES = 8
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """A GenerateContentRequest (or CountTokensRequest), parsed once."""
+
+    prompt: Prompt
+    config: GenerationConfig
+    candidate_count: int
+
+
+def _text_of(content: Any, where: str) -> str:
+    if not isinstance(content, dict):
+        raise ApiError(400, f"{where}: expected a Content object, found {type(content).__name__}")
+    parts = get(content, "parts")
+    if not isinstance(parts, list) or not parts:
+        raise ApiError(400, f"{where}.parts: expected a non-empty list of parts")
+    texts = []
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict):
+            raise ApiError(400, f"{where}.parts[{j}]: expected a part object, found {type(part).__name__}")
+        if get(part, "thought"):
+            continue
+        if "text" not in part:
+            kind = next(iter(part), "empty part")
+            raise ApiError(400, f"{where}.parts[{j}]: {kind} parts are not supported by text models; send text")
+        if not isinstance(part["text"], str):
+            raise ApiError(400, f"{where}.parts[{j}].text: expected a string, found {type(part['text']).__name__}")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _system(body: dict) -> str | None:
+    """systemInstruction, where an empty object (the vertexai SDK's countTokens sends `{}`) means none."""
+    system = get(body, "systemInstruction")
+    if system is None or system == {}:
+        return None
+    return _text_of(system, "systemInstruction")
+
+
+def _prompt(body: dict, *, allow_empty: bool = False) -> Prompt:
+    contents = get(body, "contents")
+    if allow_empty and contents in (None, []):
+        return Prompt((), _system(body))
+    if not isinstance(contents, list) or not contents:
+        raise ApiError(400, "contents: expected at least one Content")
+    turns = []
+    for i, c in enumerate(contents):
+        role = get(c, "role", "user") if isinstance(c, dict) else None
+        if role not in ("user", "model"):
+            raise ApiError(400, f"contents[{i}].role: expected \"user\" or \"model\", found {role!r}")
+        turns.append(Turn(role, _text_of(c, f"contents[{i}]")))
+    if turns[-1].role != "user" and not allow_empty:
+        raise ApiError(400, f"contents[{len(turns) - 1}].role: the last turn must be from the user")
+    return Prompt(tuple(turns), _system(body))
+
+
+def _config(gc: Any) -> tuple[GenerationConfig, int]:
+    if not isinstance(gc, dict):
+        raise ApiError(400, f"generationConfig: expected an object, found {type(gc).__name__}")
+    where = "generationConfig"
+    stops = get(gc, "stopSequences") or []
+    if not isinstance(stops, list) or len(stops) > 5 or not all(isinstance(s, str) for s in stops):
+        raise ApiError(400, f"{where}.stopSequences: expected at most 5 strings, found {stops!r:.80}")
+    temperature = get(gc, "temperature")
+    config = GenerationConfig(
+        max_output_tokens=int_field(get(gc, "maxOutputTokens"), f"{where}.maxOutputTokens", 1, MAX_OUTPUT_TOKENS) or 256,
+        temperature=0.0 if temperature in (None, 0) else float_field(temperature, f"{where}.temperature", 0, 2),
+        top_p=float_field(get(gc, "topP"), f"{where}.topP", 0, 1),
+        top_k=int_field(get(gc, "topK"), f"{where}.topK", 1, 1000),
+        stop_sequences=tuple(stops), seed=int_field(get(gc, "seed"), f"{where}.seed", -(2**31), 2**31 - 1))
+    n = int_field(get(gc, "candidateCount"), f"{where}.candidateCount", 1, MAX_CANDIDATES) or 1
+    return config, n
+
+
+def parse_generate(body: Any) -> GenerateRequest:
+    """A GenerateContentRequest: every field's type and range checked, errors naming the field."""
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body: expected a JSON object, found {type(body).__name__}")
+    config, n = _config(get(body, "generationConfig") or {})
+    return GenerateRequest(_prompt(body), config, n)
+
+
+def parse_count_tokens(body: Any) -> Prompt:
+    """A CountTokensRequest / ComputeTokensRequest: contents (possibly empty) and an optional system instruction."""
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body: expected a JSON object, found {type(body).__name__}")
+    return _prompt(body, allow_empty=True)
+
+
+def response_json(gens: list[Generation], model_version: str) -> dict:
+    prompt_tokens = gens[0].prompt_tokens
+    out_tokens = sum(g.output_tokens for g in gens)
+    return {"candidates": [{"content": {"role": "model", "parts": [{"text": g.text}]}, "finishReason": g.finish_reason,
+                            "index": i} for i, g in enumerate(gens)],
+            "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": out_tokens,
+                              "totalTokenCount": prompt_tokens + out_tokens, "trafficType": "ON_DEMAND"},
+            "modelVersion": model_version, "responseId": secrets.token_hex(11), "createTime": now()}
+
+
+def chunk_json(text: str, model_version: str, response_id: str) -> dict:
+    return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}],
+            "modelVersion": model_version, "responseId": response_id, "createTime": now()}
