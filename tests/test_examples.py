@@ -74,10 +74,14 @@ def test_blog_with_the_vertexai_sdk(server):
 
 
 @pytest.mark.skipif(not NEWEST_GENAI.is_dir(), reason="make installs the newest google-genai in .venv/genai-latest")
-def test_summarization_notebook_with_the_newest_google_genai(server):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(NEWEST_GENAI), str(REPO)])}
+def test_summarization_notebook_with_the_newest_google_genai_and_no_client_changes(server):
+    """...and with the notebook's literal `genai.Client(vertexai=True, project=..., location=...)`: the environment
+    `tunery env` prints, the GCE metadata routes answering google-auth."""
+    from tests.test_vertex_sdk import zero_change_env
+
+    env = {**zero_change_env(server.url, server.home), "PYTHONPATH": os.pathsep.join([str(NEWEST_GENAI), str(REPO)])}
     newest, resolved = genai_version(env), genai_version({**os.environ})
     assert int(newest.split(".")[0]) >= 3 and resolved.startswith("2."), (newest, resolved)
     out = run("sft_summarization.py", server, "--train-examples", "16", "--epochs", "1", "--eval-examples", "2",
-              "--poll-seconds", "1", env=env)
+              "--poll-seconds", "1", "--zero-change", env=env)
     check_summarization(out, server)

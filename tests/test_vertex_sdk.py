@@ -287,13 +287,37 @@ def test_another_project_cannot_see_the_experiment(server, tuned):
     assert http.get(f"{server.url}/v1/{other}").status_code == 404
 
 
-def test_zero_change_client_through_the_gce_metadata_routes(server, tmp_path):
-    """The notebook's literal `genai.Client(vertexai=True, project=..., location=...)` with only env variables set."""
-    host = server.url.removeprefix("http://")
+def zero_change_env(server_url: str, home: Path) -> dict:
+    """The process environment after `eval "$(tunery env --server URL)"`, in a HOME with no gcloud credentials."""
+    from click.testing import CliRunner
+
+    from tunery.cli import cli
+
+    result = CliRunner().invoke(cli, ["env", "--server", server_url])
+    assert result.exit_code == 0, result.output
     env = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_API_KEY",
                                                             "GEMINI_API_KEY", "CLOUDSDK_CONFIG")}
-    env.update(GOOGLE_VERTEX_BASE_URL=server.url, GCE_METADATA_HOST=host, GCE_METADATA_IP=host,
-               HOME=str(tmp_path))  # no gcloud application-default credentials in this HOME
+    for line in result.output.splitlines():
+        if line.startswith("export "):
+            key, value = line.removeprefix("export ").split("=", 1)
+            env[key] = value
+    assert "unset GOOGLE_APPLICATION_CREDENTIALS" in result.output
+    return {**env, "HOME": str(home)}
+
+
+def test_tunery_env_refuses_a_bad_url():
+    from click.testing import CliRunner
+
+    from tunery.cli import cli
+
+    result = CliRunner().invoke(cli, ["env", "--server", "127.0.0.1:8080"])
+    assert result.exit_code == 2 and "expected a URL like http://127.0.0.1:8080, found '127.0.0.1:8080'" in result.output
+
+
+def test_zero_change_client_through_the_gce_metadata_routes(server, tmp_path):
+    """The notebook's literal `genai.Client(vertexai=True, project=..., location=...)` with only env variables set."""
+    env = zero_change_env(server.url, tmp_path)
+    assert env["GCE_METADATA_HOST"] == server.url.removeprefix("http://")
     code = ("from google import genai\n"
             "client = genai.Client(vertexai=True, project='my-project', location='us-central1')\n"
             "r = client.models.generate_content(model='gemini-2.0-flash-001', contents='hi', config={'max_output_tokens': 3})\n"

@@ -339,6 +339,32 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_co
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
 
 
+@cli.command("env")
+@click.option("--server", envvar="TUNERY_SERVER", default="http://127.0.0.1:8080", show_default=True,
+              help="The tunery server the notebooks should reach.")
+def env_cmd(server):
+    """Print the shell exports that make the notebooks' literal `genai.Client(vertexai=True, project=P, location=L)`
+    talk to a tunery server (no credentials object, no base_url): the SDK's base URL, and google-auth's metadata
+    server, which tunery emulates. Works with a server started without --api-key.
+
+    Example: eval "$(tunery env --server http://127.0.0.1:8080)"
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise click.BadParameter(f"expected a URL like http://127.0.0.1:8080, found {server!r}", param_hint="--server")
+    click.echo(f"export GOOGLE_VERTEX_BASE_URL={server.rstrip('/')}")
+    click.echo(f"export GCE_METADATA_HOST={parts.netloc}")
+    click.echo(f"export GCE_METADATA_IP={parts.netloc}")
+    # google-auth tries these before the metadata server; with them set it would send a real Google token here.
+    click.echo("unset GOOGLE_APPLICATION_CREDENTIALS")
+    adc = Path(os.environ.get("CLOUDSDK_CONFIG", Path.home() / ".config" / "gcloud")) / "application_default_credentials.json"
+    if adc.is_file():
+        err.print(f"warning: {adc} exists and google-auth reads it before the metadata server, so your real Google "
+                  "token would be sent to tunery; pass credentials explicitly instead (README, 'The service')")
+
+
 def _client_options(f):
     from tunery.client import DEFAULT_SERVER
 
