@@ -62,6 +62,7 @@ def _authorized(request: Request, key: str) -> bool:
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
+    from tunery import console
     from tunery.api.routes import generation, tuning
 
     store = Store(settings.home / "tunery.db")
@@ -82,12 +83,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
-        if settings.api_key and not _authorized(request, settings.api_key):
-            return JSONResponse(errors.error_body(401, "missing or wrong API key: send 'Authorization: Bearer KEY' "
+        if settings.api_key and not _authorized(request, settings.api_key) and not console.admits(request):
+            return console.refusal(request) or JSONResponse(errors.error_body(401, "missing or wrong API key: send 'Authorization: Bearer KEY' "
                                                        "or 'x-goog-api-key: KEY'"), status_code=401)
         return await call_next(request)
 
     for version in API_VERSIONS:
         app.include_router(tuning.router, prefix=f"/{version}")
         app.include_router(generation.router, prefix=f"/{version}")
+    console.mount(app)  # the web console at /console (its session cookie is accepted on /console paths only)
     return app
