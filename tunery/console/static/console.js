@@ -111,7 +111,7 @@ const tunery = (() => {
     } catch (e) { return fail("the server did not answer: " + e.message); }
     if (!r.ok) return fail((await r.json().catch(() => ({}))).error || r.statusText);
     const reader = r.body.getReader(), decoder = new TextDecoder();
-    let buffer = "";
+    let buffer = "", finished = false;
     for (;;) {
       const {value, done} = await reader.read();
       if (done) break;
@@ -130,9 +130,11 @@ const tunery = (() => {
           usage.textContent = `${u.promptTokenCount} prompt tokens · ${u.candidatesTokenCount} output tokens · ` +
             `${u.totalTokenCount} total · ${cand.finishReason}`;
           usage.dataset.output = u.candidatesTokenCount;
+          finished = true;
         }
       }
     }
+    if (!finished) return fail("the answer stopped before it was complete (see the server's log)");
     pane.dataset.done = "true";
   }
   function playground() {
