@@ -165,7 +165,7 @@ def test_create_shows_the_bad_line_then_tunes_while_progress_and_chart_move(page
     assert page.input_value("#train_path").endswith("colours.jsonl")  # the upload is kept for the next submit
     shot(page, "create")
 
-    page.fill("#epochs", "2")
+    page.fill("#epochs", "1")
     page.click("#create-job")
     page.wait_for_url(re.compile(r"/console/jobs/\d+$"))
     job_id = page.url.rsplit("/", 1)[1]
@@ -178,20 +178,20 @@ def test_create_shows_the_bad_line_then_tunes_while_progress_and_chart_move(page
         states.append(listing.get_attribute(f"#job-{job_id}", "data-state"))
         steps.append(int(bar.get_attribute("data-steps")))
         points.append(int(page.get_attribute("#chart-loss", "data-points") or 0))
-        if not shots and states[-1] == "JOB_STATE_RUNNING" and steps[-1] >= 8:
+        if not shots and states[-1] == "JOB_STATE_RUNNING" and steps[-1] >= 6:
             shot(listing, "jobs")
             shot(page, "job-running")
             shots = True
         time.sleep(0.2)
     running = [s for s, st in zip(steps, states) if st == "JOB_STATE_RUNNING"]
     assert len(set(running)) >= 3, (steps, states)  # the list's bar moved at least twice while running
-    assert running == sorted(running) and max(steps) == 40
+    assert running == sorted(running) and max(steps) == 20
     assert len({p for p in points if p}) >= 3 and points == sorted(points), points  # the chart gained points, live
     listing.close()
     page.wait_for_selector("#checkpoints", timeout=60_000)  # the page reloads once the job ends
     assert page.inner_text("#state") == "succeeded"
-    assert page.get_attribute("#chart-loss", "data-points") == "40"
-    assert page.locator("#checkpoints tbody tr").count() == 2
+    assert page.get_attribute("#chart-loss", "data-points") == "20"
+    assert page.locator("#checkpoints tbody tr").count() == 1
     assert "endpoints/" in page.inner_text("#snippet") and "/train_total_loss" in page.inner_text("#checkpoints")
     shot(page, "job")
 
@@ -226,7 +226,7 @@ def test_delete_a_model_after_a_confirmation_that_says_what_goes(page, server, h
     shot(page, "models")
     page.click(f"#model-{model_id} a.danger")
     removes = page.inner_text("#removes")
-    assert "its 3 endpoints" in removes and "2 checkpoints" in removes and f"{home}/jobs/" in removes
+    assert "its 2 endpoints" in removes and "1 checkpoint in" in removes and f"{home}/jobs/" in removes
     shot(page, "delete")
     adapter = home / "jobs" / tuned["name"].rsplit("/", 1)[1] / "run" / "adapter"
     assert adapter.is_dir()
@@ -287,11 +287,10 @@ def test_other_forms_and_pages_reject_bad_input_in_words(page, server):
     page.click("#run")
     page.wait_for_selector('#pane-left[data-done="error"]')
     assert "Temperature: expected a number from 0 to 2, found 'hot'" in page.inner_text("#error-left")
-    page.fill("#temperature", "0")
-    page.click("#run")
-    page.wait_for_selector('#pane-right[data-done="error"]')
-    assert "endpoint 999 not found" in page.inner_text("#error-right")
     token = page.get_attribute('meta[name="csrf-token"]', "content")
+    r = page.request.post("/console/api/generate", data=json.dumps({"target": "endpoint:999", "prompt": "hi"}),
+                          headers={"X-CSRF-Token": token, "Origin": server, "Content-Type": "application/json"})
+    assert r.status == 404 and "endpoint 999 not found" in r.json()["error"]
     r = page.request.post("/console/api/generate", data=json.dumps({"target": "model:x", "prompt": "hi"}),
                           headers={"X-CSRF-Token": token, "Origin": server, "Content-Type": "application/json"})
     assert r.status == 400 and "Model: expected base:NAME or endpoint:ID" in r.json()["error"]
