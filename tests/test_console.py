@@ -31,9 +31,6 @@ COLOURS = ["red", "green", "blue", "black", "white", "pink", "grey", "brown"]
 REST = "/v1/projects/console/locations/us-central1"
 ENDED = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make install adds it)")
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,6 +80,8 @@ def serve(home: Path, api_key: str | None = None):
 def browser():
     from playwright.sync_api import sync_playwright
 
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make install` installs Debian's chromium (apt-get install chromium)")
     pw = sync_playwright().start()
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)

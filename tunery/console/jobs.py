@@ -133,7 +133,8 @@ def job_page(request: Request, job_id: str) -> HTMLResponse:
 @json_errors
 def job_json(request: Request, job_id: str) -> JSONResponse:
     job = job_or_error(request, job_id)
-    return JSONResponse({"job": job_view(svc(request), job), "curves": curves(job)})
+    view = job_view(svc(request), job)
+    return JSONResponse({"job": view, "curves": curves(job), "timeline": _timeline(job, view)})
 
 
 @router.get("/console/jobs/{job_id}/evaluation")

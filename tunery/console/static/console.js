@@ -75,6 +75,18 @@ const tunery = (() => {
     }
     return charts;
   }
+  function renderTimeline(stages) {
+    const list = document.getElementById("timeline");
+    list.replaceChildren(...stages.map((s) => {
+      const li = document.createElement("li");
+      li.className = (s.reached ? "reached " : "") + (s.current ? "current" : "");
+      const b = document.createElement("b");
+      b.textContent = s.name;
+      li.append(b);
+      if (s.time) { const t = document.createElement("small"); t.textContent = time(s.time); li.append(document.createElement("br"), t); }
+      return li;
+    }));
+  }
   function watchJob(id, curves) {
     const charts = makeCharts(curves);
     const box = document.getElementById("job");
@@ -84,8 +96,11 @@ const tunery = (() => {
       try { data = await getJSON("/console/api/jobs/" + id); } catch (e) { return setTimeout(tick, 3000); }
       const job = data.job;
       setProgress(box.querySelector(".progress"), job);
-      document.getElementById("state").textContent = job.state_short;
+      const badge = document.getElementById("state");
+      badge.textContent = job.state_short;
+      badge.className = "badge " + job.state_short.replaceAll(" ", "-");
       document.getElementById("detail").textContent = job.detail;
+      renderTimeline(data.timeline);
       for (const [cid, [, train, evaluation]] of Object.entries(CHARTS)) {
         if (!charts[cid]) continue;
         charts[cid].setData(chartData(data.curves, train, evaluation));
