@@ -295,6 +295,27 @@ def test_other_forms_and_pages_reject_bad_input_in_words(page, server):
     assert r.status == 400 and "Model: expected base:NAME or endpoint:ID" in r.json()["error"]
 
 
+def test_a_failed_job_shows_its_error_with_file_and_line_and_the_state_filter_finds_it(page, server, home):
+    import sqlite3
+
+    message = f"{home}/files/big.jsonl:7 /contents/1/role: error [consecutive_same_role] expected ..."
+    request = {"tunedModelDisplayName": "broken", "baseModel": "smollm2-135m-instruct",
+               "supervisedTuningSpec": {"trainingDatasetUri": "big.jsonl"}, "_config": {"train": "big.jsonl"}}
+    with sqlite3.connect(home / "tunery.db") as db:  # written as the worker would leave a job whose data was bad
+        db.execute("INSERT INTO jobs (id, project, location, state, detail_state, request, create_time, update_time,"
+                   " start_time, end_time, error, run_dir) VALUES ('4242', 'p', 'l', 'JOB_STATE_FAILED', NULL, ?,"
+                   " '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:09.000000Z', '2026-01-01T00:00:01.000000Z',"
+                   " '2026-01-01T00:00:09.000000Z', ?, ?)", (json.dumps(request), json.dumps({"code": 3, "message": message}),
+                                                          str(home / "jobs" / "4242")))
+    page.goto("/console/jobs/4242")
+    assert page.inner_text("#job-error") == message and page.inner_text("#state") == "failed"
+    page.goto("/console?state=JOB_STATE_FAILED")
+    assert [r.get_attribute("data-job") for r in page.locator("tr[data-job]").all()] == ["4242"]
+    page.select_option("#state-filter", "JOB_STATE_SUCCEEDED")
+    page.wait_for_url(re.compile(r"state=JOB_STATE_SUCCEEDED"))
+    assert page.locator("#job-4242").count() == 0
+
+
 def test_forms_refuse_cross_site_requests(page, server):
     page.goto("/console")
     r = _post(page, "/console/jobs/999/cancel", {}, origin="http://evil.example")
@@ -322,6 +343,11 @@ def test_api_key_sign_in_cookie_and_a_short_flow(browser, home, tmp_path):
         assert page.url == url + "/console/login"  # every page sends you to sign in first
         assert httpx.get(url + REST + "/tuningJobs").status_code == 401
         assert page.request.get("/console/api/jobs").status == 401
+        for form_url in ("/console/new", "/console/jobs/1/cancel", "/console/models/1/delete", "/console/api/generate"):
+            r = page.request.post(form_url, form={"csrf": "x"}, headers={"Origin": url}, max_redirects=0)
+            assert r.status == 401 and "sign in" in r.text(), form_url  # no session, no form
+        r = _post(page, "/console/login", {"key": KEY, "csrf": "forged"})
+        assert r.status == 403 and "security token" in r.text()
         shot(page, "login")
         page.fill("#key", "wrong-key")
         page.click("#sign-in")
@@ -356,6 +382,7 @@ def test_api_key_sign_in_cookie_and_a_short_flow(browser, home, tmp_path):
         job = httpx.get(f"{url}{REST}/tuningJobs/{job_id}", headers={"Authorization": f"Bearer {KEY}"}).json()
         assert job["state"] == "JOB_STATE_CANCELLED"
 
+        assert _post(page, "/console/logout", {"csrf": "forged"}).status == 403
         page.click("header form.logout button")
         page.wait_for_url(url + "/console/login")
         page.goto("/console")
