@@ -108,8 +108,11 @@ def _evaluation(job: Job) -> dict | None:
     if "report" not in status:
         return {"pending": True}
     report = json.loads(Path(status["report"]).read_text())
-    return {"task": report.get("task"), "examples": report.get("examples"), "metrics": report.get("metrics", {}),
-            "improvement": report.get("improvement_percent", {})}
+    metrics, improvement = report.get("metrics", {}), report.get("improvement_percent", {})
+    base, tuned = metrics.get("base", {}), metrics.get("tuned", {})
+    rows = [{"name": k, "base": v, "tuned": tuned.get(k), "improvement": improvement.get(k)}
+            for k, v in base.items() if isinstance(v, (int, float)) and isinstance(tuned.get(k), (int, float))]
+    return {"task": report.get("task"), "examples": report.get("examples"), "rows": rows}
 
 
 @router.get("/console/jobs/{job_id}")
