@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -40,19 +41,23 @@ class Sessions:
 
     def __init__(self) -> None:
         self._by_id: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.Lock()  # pages are served from a thread pool
 
     def get(self, sid: str | None) -> Session | None:
-        return self._by_id.get(sid) if sid else None
+        with self._lock:
+            return self._by_id.get(sid) if sid else None
 
     def new(self, signed_in: bool = False) -> tuple[str, Session]:
         sid = secrets.token_urlsafe(32)
-        self._by_id[sid] = session = Session(signed_in=signed_in)
-        while len(self._by_id) > MAX_SESSIONS:
-            self._by_id.popitem(last=False)
+        with self._lock:
+            self._by_id[sid] = session = Session(signed_in=signed_in)
+            while len(self._by_id) > MAX_SESSIONS:
+                self._by_id.popitem(last=False)
         return sid, session
 
     def drop(self, sid: str | None) -> None:
-        self._by_id.pop(sid or "", None)
+        with self._lock:
+            self._by_id.pop(sid or "", None)
 
 
 def sessions(request: Request) -> Sessions:

@@ -60,10 +60,14 @@ def _ctx(form: dict, **more) -> dict:
             "size_names": wire.ADAPTER_SIZE_NAMES, "tasks": wire.EVAL_TASKS, "check": None, "error": None, **more}
 
 
+def _roots(request: Request) -> list[str]:
+    return [str(r) for r in svc(request).settings.allowed_roots]
+
+
 @router.get("/console/new")
 @page_errors
 def new_page(request: Request) -> HTMLResponse:
-    return render(request, "new.html", _ctx(dict(EMPTY_FORM)))
+    return render(request, "new.html", _ctx(dict(EMPTY_FORM), roots=_roots(request)))
 
 
 def _labelled(text: str) -> str:
@@ -79,11 +83,15 @@ def _save(request: Request, upload: UploadFile | None) -> str | None:
     name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(upload.filename).name)[:100] or "dataset.jsonl"
     dest = svc(request).settings.home / "uploads" / secrets.token_hex(8) / name
     dest.parent.mkdir(parents=True)
+    size = 0
     with dest.open("wb") as out:
-        shutil.copyfileobj(upload.file, out, 1 << 20)
-    if dest.stat().st_size > MAX_FILE_BYTES:
-        shutil.rmtree(dest.parent)
-        raise ApiError(400, f"{upload.filename}: larger than 1 GiB, the most a training file may be; split it")
+        while block := upload.file.read(1 << 20):
+            size += len(block)
+            if size > MAX_FILE_BYTES:  # stop reading at once: the rest is never stored
+                out.close()
+                shutil.rmtree(dest.parent)
+                raise ApiError(400, f"{upload.filename}: larger than 1 GiB, the most a dataset file may be; split it")
+            out.write(block)
     return str(dest)
 
 
@@ -163,7 +171,7 @@ def new_submit(request: Request, csrf_token: str | None = Form(None, alias="csrf
                batch_size: str = Form(""), export_last_only: str = Form(""), eval_enabled: str = Form(""),
                eval_path: str = Form(""), eval_task: str = Form("")) -> Response:
     form = {k: v.strip() for k, v in locals().items() if k in EMPTY_FORM}
-    ctx = _ctx(form)
+    ctx = _ctx(form, roots=_roots(request))
     try:
         session = csrf(request, csrf_token)
         for kind, upload in (("train", train_file), ("validation", validation_file), ("eval", eval_file)):

@@ -14,9 +14,15 @@ const tunery = (() => {
       `${job.steps} / ${job.total_steps || "?"} steps · epoch ${job.epoch}` + (job.epochs ? ` / ${job.epochs}` : "");
   }
 
+  // {"error": "words"} from the console, {"error": {"message"}} from the app's own error handler
+  const errorOf = async (r) => {
+    const body = await r.json().catch(() => ({}));
+    return (typeof body.error === "string" ? body.error : body.error && body.error.message) || r.statusText;
+  };
+
   async function getJSON(url) {
     const r = await fetch(url, {credentials: "same-origin"});
-    if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || r.statusText);
+    if (!r.ok) throw new Error(await errorOf(r));
     return r.json();
   }
 
@@ -124,7 +130,7 @@ const tunery = (() => {
       r = await fetch("/console/api/generate", {method: "POST", credentials: "same-origin",
         headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf()}, body: JSON.stringify(body)});
     } catch (e) { return fail("the server did not answer: " + e.message); }
-    if (!r.ok) return fail((await r.json().catch(() => ({}))).error || r.statusText);
+    if (!r.ok) return fail(await errorOf(r));
     const reader = r.body.getReader(), decoder = new TextDecoder();
     let buffer = "", finished = false;
     for (;;) {
