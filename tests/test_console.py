@@ -94,9 +94,9 @@ def browser():
         _stop(pid)
 
 
-def _rows(n: int, start: int = 0) -> list[dict]:
-    return [contents(("user", f"Colour {i}: {COLOURS[i % 8]}?"), ("model", f"It is {COLOURS[i % 8]}."))
-            for i in range(start, start + n)]
+def _rows(n: int, start: int = 0, words: int = 0) -> list[dict]:
+    return [contents(("user", f"Colour {i}: {COLOURS[i % 8]}?" + " Describe the colour." * words),
+                     ("model", f"It is {COLOURS[i % 8]}.")) for i in range(start, start + n)]
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +104,11 @@ def home(tmp_path_factory, tiny_model_dir):
     with tunery_home(tmp_path_factory.mktemp("console-home"), tiny_model_dir) as home:
         files = home / "files"
         files.mkdir()
-        bad = _rows(40)
+        # long prompts: a step costs enough compute that the job runs for a few seconds even on a fast machine
+        bad = _rows(40, words=40)
         bad[2] = contents(("user", "Colour 2: blue?"), ("model", " "))  # line 3: an empty answer
         write_jsonl(files / "colours_bad.jsonl", bad)
-        write_jsonl(files / "colours.jsonl", _rows(40))
+        write_jsonl(files / "colours.jsonl", _rows(40, words=40))
         write_jsonl(home / "valid.jsonl", _rows(16))
         write_jsonl(home / "val.jsonl", _rows(8, 100))
         yield home
@@ -124,6 +125,16 @@ def page(browser, server):
     context = browser.new_context(viewport={"width": 1200, "height": 800}, base_url=server)
     yield context.new_page()
     context.close()
+
+
+# Records [attribute value, state] each time the page changes the attribute (MutationObserver) in window.__seen.
+RECORD = """([selector, attribute, stateOf]) => {
+  const el = document.querySelector(selector), holder = document.querySelector(stateOf);
+  const note = () => window.__seen.push([el.getAttribute(attribute), holder.dataset.state || ""]);
+  window.__seen = [];
+  note();
+  new MutationObserver(note).observe(el, {attributes: true, attributeFilter: [attribute]});
+}"""
 
 
 def shot(page, name: str) -> None:
@@ -155,7 +166,7 @@ def test_create_shows_the_bad_line_then_tunes_while_progress_and_chart_move(page
     shot(page, "create-errors")
 
     page.set_input_files("#train_file", str(home / "files" / "colours.jsonl"))
-    page.fill("#batch_size", "2")
+    page.fill("#batch_size", "8")
     page.click("#check")
     assert page.locator("#findings .ok").count() == 1
     assert page.inner_text("#stat-examples") == "40"
@@ -164,33 +175,37 @@ def test_create_shows_the_bad_line_then_tunes_while_progress_and_chart_move(page
     assert page.input_value("#train_path").endswith("colours.jsonl")  # the upload is kept for the next submit
     shot(page, "create")
 
-    page.fill("#epochs", "1")
+    page.fill("#epochs", "2")
     page.click("#create-job")
     page.wait_for_url(re.compile(r"/console/jobs/\d+$"))
     job_id = page.url.rsplit("/", 1)[1]
     listing = page.context.new_page()
     listing.goto("/console")
-    bar = listing.locator(f"#job-{job_id} .progress")
-    steps, points, states = [], [], []
-    deadline, shots = time.monotonic() + 90, False
-    while time.monotonic() < deadline and (not states or states[-1] not in ENDED):
-        states.append(listing.get_attribute(f"#job-{job_id}", "data-state"))
-        steps.append(int(bar.get_attribute("data-steps")))
-        points.append(int(page.get_attribute("#chart-loss", "data-points") or 0))
-        if not shots and states[-1] == "JOB_STATE_RUNNING" and steps[-1] >= 6:
+    # every value the pages show is recorded by the pages themselves, so the test's own pace cannot miss one
+    listing.evaluate(RECORD, [f"#job-{job_id} .progress", "data-steps", f"#job-{job_id}"])
+    page.evaluate(RECORD, ["#chart-loss", "data-points", "#job"])
+    deadline, shots, points = time.monotonic() + 90, False, []
+    while time.monotonic() < deadline:
+        state = listing.get_attribute(f"#job-{job_id}", "data-state")
+        if state in ENDED:
+            break
+        points = page.evaluate("window.__seen || []") or points  # (the page reloads once the job ends)
+        if not shots and state == "JOB_STATE_RUNNING" and int(listing.get_attribute(f"#job-{job_id} .progress", "data-steps")) >= 4:
             shot(listing, "jobs")
             shot(page, "job-running")
             shots = True
-        time.sleep(0.2)
-    running = [s for s, st in zip(steps, states) if st == "JOB_STATE_RUNNING"]
-    assert len(set(running)) >= 3, (steps, states)  # the list's bar moved at least twice while running
-    assert running == sorted(running) and max(steps) == 20
-    assert len({p for p in points if p}) >= 3 and points == sorted(points), points  # the chart gained points, live
+        time.sleep(0.3)
+    seen = listing.evaluate("window.__seen")
+    running = [int(v) for v, st in seen if st == "JOB_STATE_RUNNING"]
+    assert len(set(running)) >= 3, seen  # the list's bar moved at least twice while the job ran
+    assert running == sorted(running) and max(int(v) for v, _ in seen) == 10, seen
+    counts = [int(v) for v, _ in points]
+    assert len({c for c in counts if c}) >= 2 and counts == sorted(counts), points  # the chart gained points, live
     listing.close()
     page.wait_for_selector("#checkpoints", timeout=60_000)  # the page reloads once the job ends
     assert page.inner_text("#state") == "succeeded"
-    assert page.get_attribute("#chart-loss", "data-points") == "20"
-    assert page.locator("#checkpoints tbody tr").count() == 1
+    assert page.get_attribute("#chart-loss", "data-points") == "10"
+    assert page.locator("#checkpoints tbody tr").count() == 2
     assert "endpoints/" in page.inner_text("#snippet") and "/train_total_loss" in page.inner_text("#checkpoints")
     shot(page, "job")
 
@@ -225,7 +240,7 @@ def test_delete_a_model_after_a_confirmation_that_says_what_goes(page, server, h
     shot(page, "models")
     page.click(f"#model-{model_id} a.danger")
     removes = page.inner_text("#removes")
-    assert "its 2 endpoints" in removes and "1 checkpoint in" in removes and f"{home}/jobs/" in removes
+    assert "its 3 endpoints" in removes and "2 checkpoints in" in removes and f"{home}/jobs/" in removes
     shot(page, "delete")
     adapter = home / "jobs" / tuned["name"].rsplit("/", 1)[1] / "run" / "adapter"
     assert adapter.is_dir()

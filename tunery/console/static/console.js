@@ -51,9 +51,9 @@ const tunery = (() => {
         running = running || !job.ended;
         if (was !== job.state && job.ended) running = true;  // one more tick after the end
       }
-      setTimeout(tick, running ? 700 : 5000);
+      setTimeout(tick, running ? 500 : 5000);
     };
-    setTimeout(tick, 700);
+    setTimeout(tick, 500);
   }
 
   // Job detail: charts of the Vertex curves, refreshed with the progress until the job ends.
