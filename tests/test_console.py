@@ -156,7 +156,7 @@ def test_create_shows_the_bad_line_then_tunes_while_progress_and_chart_move(page
     page.set_input_files("#train_file", str(home / "files" / "colours_bad.jsonl"))
     page.fill("#display_name", "colours")
     page.click("#create-job")
-    issue = page.locator('.issue.error[data-code="empty_text"]')
+    issue = page.locator('.issue.sev-error[data-code="empty_text"]')
     assert issue.count() == 1, page.content()
     assert issue.get_attribute("data-line") == "3"
     assert issue.locator(".line").inner_text() == "3" and issue.locator(".pointer").inner_text() == "/contents/1/parts/0/text"
