@@ -61,7 +61,7 @@ def _ctx(form: dict, **more) -> dict:
 
 
 def _roots(request: Request) -> list[str]:
-    return [str(r) for r in svc(request).settings.allowed_roots]
+    return list(dict.fromkeys(str(r) for r in svc(request).settings.allowed_roots))
 
 
 @router.get("/console/new")
