@@ -84,7 +84,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.middleware("http")
     async def require_key(request: Request, call_next):
         if settings.api_key and not _authorized(request, settings.api_key) and not console.admits(request):
-            return console.refusal(request) or JSONResponse(errors.error_body(401, "missing or wrong API key: send 'Authorization: Bearer KEY' "
+            if (page := console.refusal(request)) is not None:  # console pages send you to its sign-in page
+                return page
+            return JSONResponse(errors.error_body(401, "missing or wrong API key: send 'Authorization: Bearer KEY' "
                                                        "or 'x-goog-api-key: KEY'"), status_code=401)
         return await call_next(request)
 
