@@ -280,9 +280,10 @@ def test_create_form_rejects_bad_input_in_words(page, server, home, fields, frag
                 if j["state"] != "JOB_STATE_SUCCEEDED"]
 
 
-def test_other_forms_and_pages_reject_bad_input_in_words(page, server):
+def test_other_forms_and_pages_reject_bad_input_in_words(page, server, home):
+    _insert_job(home, "4343", "JOB_STATE_CANCELLED", {"code": 1, "message": "CANCELED"})
+    ended = "4343"
     page.goto("/console")
-    ended = httpx.get(server + REST + "/tuningJobs").json()["tuningJobs"][0]["name"].rsplit("/", 1)[1]
     cases = [("/console/jobs/999/cancel", {}, 404, "tuning job '999' not found"),
              (f"/console/jobs/{ended}/cancel", {}, 400, "has already ended"),
              ("/console/models/999/delete", {}, 404, "tuned model '999' not found")]
@@ -308,20 +309,27 @@ def test_other_forms_and_pages_reject_bad_input_in_words(page, server):
     r = page.request.post("/console/api/generate", data=json.dumps({"target": "model:x", "prompt": "hi"}),
                           headers={"X-CSRF-Token": token, "Origin": server, "Content-Type": "application/json"})
     assert r.status == 400 and "Model: expected base:NAME or endpoint:ID" in r.json()["error"]
+    r = page.request.post("/console/api/generate", headers={"X-CSRF-Token": token, "Origin": server, "Content-Type": "application/json"},
+                          data=json.dumps({"target": "base:gemini-2.0-flash-001", "prompt": "hi", "maxOutputTokens": "many"}))
+    assert r.status == 400 and "Max output tokens: expected a whole number from 1 to 8192, found 'many'" in r.json()["error"]
+
+
+def _insert_job(home: Path, job_id: str, state: str, error: dict) -> None:
+    """An ended job, written as the worker would leave it (the worker never picks up an ended job)."""
+    import sqlite3
+
+    request = {"tunedModelDisplayName": "broken", "baseModel": "smollm2-135m-instruct",
+               "supervisedTuningSpec": {"trainingDatasetUri": "big.jsonl"}, "_config": {"train": "big.jsonl"}}
+    with sqlite3.connect(home / "tunery.db") as db:
+        db.execute("INSERT INTO jobs (id, project, location, state, detail_state, request, create_time, update_time,"
+                   " start_time, end_time, error, run_dir) VALUES (?, 'p', 'l', ?, NULL, ?, '2026-01-01T00:00:00.000000Z',"
+                   " '2026-01-01T00:00:09.000000Z', '2026-01-01T00:00:01.000000Z', '2026-01-01T00:00:09.000000Z', ?, ?)",
+                   (job_id, state, json.dumps(request), json.dumps(error), str(home / "jobs" / job_id)))
 
 
 def test_a_failed_job_shows_its_error_with_file_and_line_and_the_state_filter_finds_it(page, server, home):
-    import sqlite3
-
     message = f"{home}/files/big.jsonl:7 /contents/1/role: error [consecutive_same_role] expected ..."
-    request = {"tunedModelDisplayName": "broken", "baseModel": "smollm2-135m-instruct",
-               "supervisedTuningSpec": {"trainingDatasetUri": "big.jsonl"}, "_config": {"train": "big.jsonl"}}
-    with sqlite3.connect(home / "tunery.db") as db:  # written as the worker would leave a job whose data was bad
-        db.execute("INSERT INTO jobs (id, project, location, state, detail_state, request, create_time, update_time,"
-                   " start_time, end_time, error, run_dir) VALUES ('4242', 'p', 'l', 'JOB_STATE_FAILED', NULL, ?,"
-                   " '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:09.000000Z', '2026-01-01T00:00:01.000000Z',"
-                   " '2026-01-01T00:00:09.000000Z', ?, ?)", (json.dumps(request), json.dumps({"code": 3, "message": message}),
-                                                          str(home / "jobs" / "4242")))
+    _insert_job(home, "4242", "JOB_STATE_FAILED", {"code": 3, "message": message})
     page.goto("/console/jobs/4242")
     assert page.inner_text("#job-error") == message and page.inner_text("#state") == "failed"
     page.goto("/console?state=JOB_STATE_FAILED")
