@@ -261,7 +261,7 @@ def test_delete_a_model_after_a_confirmation_that_says_what_goes(page, server, h
     ({"lr_multiplier": "fast"}, "Learning-rate multiplier: expected a number in (0, 100], found 'fast'"),
     ({"batch_size": "0"}, "Batch size: expected a whole number from 1 to 4096, found '0'"),
     ({"base_model": "no-such-model"}, "unknown base model 'no-such-model'"),
-    ({"train_path": "/etc/passwd"}, "Train dataset: /etc/passwd is outside the directories this server may read"),
+    ({"train_path": "/etc/passwd"}, "Training dataset: /etc/passwd is outside the directories this server may read"),
     ({"train_path": "missing.jsonl"}, "file not found"),
     ({"train_path": ""}, "Training dataset: upload a file or give a path"),
     ({"eval_enabled": "1"}, "Evaluation: no evaluation dataset"),

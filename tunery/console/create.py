@@ -141,9 +141,9 @@ def _check(request: Request, form: dict) -> dict:
         raise ApiError(400, "Training dataset: upload a file or give a path under "
                             + ", ".join(map(str, settings.allowed_roots)))
     hp = wire.hyperparameters(_body(form)["supervisedTuningSpec"])  # wrong types and ranges, named
-    paths = {kind: datasets.resolve(form[f"{kind}_path"], f"{kind.title()} dataset", settings.allowed_roots,
-                                    settings.allow_http_datasets)
-             for kind in ("train", "validation") if form[f"{kind}_path"]}
+    paths = {kind: datasets.resolve(form[f"{kind}_path"], label, settings.allowed_roots, settings.allow_http_datasets)
+             for kind, label in (("train", "Training dataset"), ("validation", "Validation dataset"))
+             if form[f"{kind}_path"]}
     spec = models.resolve(form["base_model"] or None)
     if any(not Path(p).is_file() for p in paths.values()):
         return {"valid": True, "remote": True, "base": spec.name}
