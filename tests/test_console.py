@@ -166,6 +166,7 @@ def test_create_shows_the_bad_line_then_tunes_while_progress_and_chart_move(page
     shot(page, "create-errors")
 
     page.set_input_files("#train_file", str(home / "files" / "colours.jsonl"))
+    page.set_input_files("#validation_file", str(home / "val.jsonl"))
     page.fill("#batch_size", "8")
     page.click("#check")
     assert page.locator("#findings .ok").count() == 1
@@ -205,6 +206,7 @@ def test_create_shows_the_bad_line_then_tunes_while_progress_and_chart_move(page
     page.wait_for_selector("#checkpoints", timeout=60_000)  # the page reloads once the job ends
     assert page.inner_text("#state") == "succeeded"
     assert page.get_attribute("#chart-loss", "data-points") == "10"
+    assert int(page.get_attribute("#chart-loss", "data-eval-points")) >= 2  # /eval_total_loss, from the validation set
     assert page.locator("#checkpoints tbody tr").count() == 2
     assert "endpoints/" in page.inner_text("#snippet") and "/train_total_loss" in page.inner_text("#checkpoints")
     shot(page, "job")

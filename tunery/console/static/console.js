@@ -72,12 +72,14 @@ const tunery = (() => {
     for (const [id, [title, train, evaluation]] of Object.entries(CHARTS)) {
       const el = document.getElementById(id);
       if (!el) continue;
-      const opts = {title, width: Math.max(300, el.clientWidth || 520), height: 220, scales: {x: {time: false}},
+      const y = id === "chart-accuracy" ? {range: [0, 1]} : {};  // a fraction
+      const opts = {title, width: Math.max(300, el.clientWidth || 520), height: 220, scales: {x: {time: false}, y},
         axes: [{label: "step"}, {}],
         series: [{label: "step"}, {label: train, stroke: "#2563eb", width: 2, spanGaps: true},
                  {label: evaluation, stroke: "#dc2626", width: 2, spanGaps: true, points: {show: true}}]};
       charts[id] = new uPlot(opts, chartData(curves, train, evaluation), el);
       el.dataset.points = (curves[train] || []).length;
+      el.dataset.evalPoints = (curves[evaluation] || []).length;
     }
     return charts;
   }
@@ -111,6 +113,7 @@ const tunery = (() => {
         if (!charts[cid]) continue;
         charts[cid].setData(chartData(data.curves, train, evaluation));
         document.getElementById(cid).dataset.points = (data.curves[train] || []).length;
+        document.getElementById(cid).dataset.evalPoints = (data.curves[evaluation] || []).length;
       }
       if (job.ended) return setTimeout(() => location.reload(), 300);  // checkpoints, model, evaluation
       setTimeout(tick, 500);
