@@ -13,7 +13,13 @@ GENAI_LATEST := $(VENV)/genai-latest
 
 .PHONY: demo test install bench clean
 
+# The console's browser tests drive Debian's chromium (Playwright's own browser download cannot work here):
+# installed with apt-get when /usr/bin/chromium is missing (sudo unless root); no chromium, no install.
 $(STAMP): pyproject.toml Makefile
+	@test -x /usr/bin/chromium || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium; } || true
+	@test -x /usr/bin/chromium || { echo "error: /usr/bin/chromium is missing and apt-get could not install it;" \
+	  "install Debian's chromium package (the console tests need it)" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"

@@ -2,7 +2,8 @@
 
 validate -> catch errors -> convert -> stats -> inspect -> `tunery serve` + the seed summarization notebook
 through the google-genai SDK (evaluate base, tune with LoRA on this CPU, evaluate tuned, ROUGE before/after) ->
-`tunery metrics` and `tunery compare`: the loss curves and the before/after report (table + HTML).
+`tunery metrics` and `tunery compare`: the loss curves and the before/after report (table + HTML) -> the web
+console's page of the tuned job, served until you press Enter (at once when stdin is not a terminal, as in CI).
 Each step prints the command it runs, so you can copy it.
 """
 
@@ -66,19 +67,28 @@ def main() -> None:
     tunery("inspect", str(OUT / "alerts_train.contents.jsonl"), "--line", "1")
 
     print("\n== 6. Start `tunery serve` and run the seed summarization notebook through the google-genai SDK")
-    serve_and_run_notebook()
+    server, url = serve_and_run_notebook()
+    try:
+        print("\n== 7. The before/after report: base against the tuned run on all held-out alerts, batched, greedy")
+        run = max((OUT / "home" / "jobs").glob("*/run/manifest.json"), key=lambda p: p.stat().st_mtime).parent
+        tunery("metrics", str(run.relative_to(REPO)), "--plot", str((OUT / "curves.png").relative_to(REPO)))
+        tunery("compare", "--tuned", str(run.relative_to(REPO)), "--data", "examples/data/alerts_test.csv",
+               "--task", "summarization", "--max-output-tokens", "128", "--report", str((OUT / "report.html").relative_to(REPO)))
+        print(f"\nDone. Files are in {OUT.relative_to(REPO)}/")
+        # the job directory is named by the job id (home/jobs/<id>/run)
+        print(f"\nThe tuned job in the web console: {url}/console/jobs/{run.parent.name}")
+        if sys.stdin.isatty():
+            input("The server stays up for the console; press Enter to stop it. ")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        print("(server stopped)")
 
-    print("\n== 7. The before/after report: base against the tuned run on all held-out alerts, batched, greedy")
-    run = max((OUT / "home" / "jobs").glob("*/run/manifest.json"), key=lambda p: p.stat().st_mtime).parent
-    tunery("metrics", str(run.relative_to(REPO)), "--plot", str((OUT / "curves.png").relative_to(REPO)))
-    tunery("compare", "--tuned", str(run.relative_to(REPO)), "--data", "examples/data/alerts_test.csv",
-           "--task", "summarization", "--max-output-tokens", "128", "--report", str((OUT / "report.html").relative_to(REPO)))
-    print(f"\nDone. Files are in {OUT.relative_to(REPO)}/")
 
-
-def serve_and_run_notebook() -> None:
-    """The server on a free loopback port with its own home under out/demo, the unmodified notebook code against
-    it (base vs tuned on held-out alerts, ROUGE before and after), then the server stops."""
+def serve_and_run_notebook() -> tuple[subprocess.Popen, str]:
+    """The server on a free loopback port with its own home under out/demo and the unmodified notebook code against
+    it (base vs tuned on held-out alerts, ROUGE before and after). Returns the running server and its URL; the
+    caller stops it."""
     import socket
     import time
     import urllib.request
@@ -106,10 +116,12 @@ def serve_and_run_notebook() -> None:
         code = subprocess.call(cmd, cwd=REPO, env=env)
         if code != 0:
             sys.exit(f"the notebook flow failed with exit code {code}")
-    finally:
+    except BaseException:
         server.terminate()
         server.wait(timeout=30)
         print("(server stopped)")
+        raise
+    return server, url
 
 
 if __name__ == "__main__":

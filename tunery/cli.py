@@ -335,7 +335,7 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_co
                               allow_http_datasets=allow_http_datasets, max_concurrent_jobs=max_concurrent_jobs,
                               max_loaded_adapters=max_loaded_adapters)
     err.print(f"tunery serving the Vertex tuning API on http://{host}:{port} (home {settings.home}; datasets readable "
-              f"under {', '.join(map(str, settings.allowed_roots))})")
+              f"under {', '.join(map(str, settings.allowed_roots))}); web console: http://{host}:{port}/console")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
 
 

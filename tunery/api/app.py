@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from tunery import console
 from tunery.api import errors
 from tunery.api.routes import endpoints, experiments, gce_metadata, generation, tuning
 from tunery.api.services import LOOPBACK, ServerSettings, Services  # noqa: F401  (re-exported for callers)
@@ -43,7 +44,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
-        if settings.api_key and not _authorized(request, settings.api_key):
+        if settings.api_key and not _authorized(request, settings.api_key) and not console.admits(request):
+            if (page := console.refusal(request)) is not None:  # console pages send you to its sign-in page
+                return page
             return JSONResponse(errors.error_body(401, "missing or wrong API key: send 'Authorization: Bearer KEY' "
                                                        "or 'x-goog-api-key: KEY'"), status_code=401)
         return await call_next(request)
@@ -54,4 +57,5 @@ def create_app(settings: ServerSettings) -> FastAPI:
             app.include_router(routes.router, prefix=f"/{version}")
     app.include_router(endpoints.ui_router)
     app.include_router(gce_metadata.router)
+    console.mount(app)  # the web console at /console (its session cookie is accepted on /console paths only)
     return app

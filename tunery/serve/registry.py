@@ -30,6 +30,7 @@ from tunery.text.chat_template import ChatTemplate
 log = logging.getLogger("tunery")
 DEFAULT_MAX_ADAPTERS = 8
 MAX_BATCH = 16  # prompts generated together
+_IMPORT_LOCK = threading.Lock()
 
 
 class TemplateMismatch(TuneryError):
@@ -210,7 +211,8 @@ class Registry:
     def stream(self, spec: models.BaseModelSpec, adapter_dir: str | None, prompt: Prompt,
                config: GenerationConfig) -> Iterator[str | Generation]:
         """Text pieces as they are generated, then the final Generation."""
-        from transformers import TextIteratorStreamer
+        with _IMPORT_LOCK:  # transformers' lazy import is not thread-safe: two first streams at once got ImportError
+            from transformers import TextIteratorStreamer
 
         base = self.base(spec)
         runtime = self.runtime

@@ -26,7 +26,7 @@ PLACE = "/projects/{project}/locations/{location}"
 METHODS = ("generateContent", "streamGenerateContent", "countTokens", "computeTokens")
 
 
-def _endpoint_target(svc: Services, endpoint_id: str) -> tuple[models.BaseModelSpec, str, str]:
+def endpoint_target(svc: Services, endpoint_id: str) -> tuple[models.BaseModelSpec, str, str]:
     ep = svc.store.get_endpoint(endpoint_id)
     model = svc.store.get_model(ep.model_id) if ep else None
     if ep is None or model is None:
@@ -39,7 +39,7 @@ def _endpoint_target(svc: Services, endpoint_id: str) -> tuple[models.BaseModelS
     return models.resolve(model.base_model), adapter, f"{model.name}@1"
 
 
-def _base_target(name: str) -> tuple[models.BaseModelSpec, None, str]:
+def base_target(name: str) -> tuple[models.BaseModelSpec, None, str]:
     try:
         spec = models.resolve(name)
     except ModelNotFoundError as exc:
@@ -47,7 +47,9 @@ def _base_target(name: str) -> tuple[models.BaseModelSpec, None, str]:
     return spec, None, spec.name
 
 
-def _dispatch(svc: Services, request: Request, method: str, target, body: Any):
+def call(svc: Services, method: str, target, body: Any, *, sse: bool = True):
+    """One of METHODS on a target (endpoint_target / base_target): the answer, or a streaming response (SSE, or
+    with `sse=False` the JSON array Vertex REST sends without `alt=sse`). The console calls this too."""
     spec, adapter, version = target
     if method not in METHODS:
         raise ApiError(404, f"unknown method :{method}; expected one of {', '.join(METHODS)}")
@@ -64,9 +66,13 @@ def _dispatch(svc: Services, request: Request, method: str, target, body: Any):
         gens = svc.registry.generate(spec, adapter, [req.prompt] * req.candidate_count, req.config)
         return wg.response_json(gens, version)
     chunks = _chunks(svc, spec, adapter, req, version)
-    if request.query_params.get("alt") == "sse":  # google-genai
+    if sse:  # google-genai asks with ?alt=sse
         return StreamingResponse((f"data: {json.dumps(c)}\n\n" for c in chunks), media_type="text/event-stream")
     return StreamingResponse(_json_array(chunks), media_type="application/json")  # Vertex REST without alt=sse
+
+
+def _sse(request: Request) -> bool:
+    return request.query_params.get("alt") == "sse"
 
 
 def _json_array(chunks: Iterator[dict]) -> Iterator[str]:
@@ -100,7 +106,7 @@ def _chunks(svc: Services, spec, adapter, req: wg.GenerateRequest, version: str)
 @router.post(PLACE + "/endpoints/{endpoint_id}:{method}")
 def endpoint_method(project: str, location: str, endpoint_id: str, method: str, svc: Svc, request: Request,
                     body: Any = Body(...)):
-    return _dispatch(svc, request, method, _endpoint_target(svc, endpoint_id), body)
+    return call(svc, method, endpoint_target(svc, endpoint_id), body, sse=_sse(request))
 
 
 @router.post(PLACE + "/models/{model_id}:{method}")
@@ -111,13 +117,13 @@ def tuned_model_method(project: str, location: str, model_id: str, method: str, 
     if model is None:
         raise ApiError(404, f"tuned model {model_id} not found")
     target = models.resolve(model.base_model), model.adapter_dir, f"{model.name}@1"
-    return _dispatch(svc, request, method, target, body)
+    return call(svc, method, target, body, sse=_sse(request))
 
 
 @router.post(PLACE + "/publishers/{publisher}/models/{model}:{method}")
 def publisher_model_method(project: str, location: str, publisher: str, model: str, method: str, svc: Svc,
                            request: Request, body: Any = Body(...)):
-    return _dispatch(svc, request, method, _base_target(model), body)
+    return call(svc, method, base_target(model), body, sse=_sse(request))
 
 
 def _base_model_json(name: str, spec: models.BaseModelSpec) -> dict:
@@ -128,7 +134,7 @@ def _base_model_json(name: str, spec: models.BaseModelSpec) -> dict:
 @router.get("/publishers/{publisher}/models/{model}")
 @router.get(PLACE + "/publishers/{publisher}/models/{model}")
 def get_base_model(publisher: str, model: str, project: str = "", location: str = "") -> dict:
-    spec, _, _ = _base_target(model)
+    spec, _, _ = base_target(model)
     return _base_model_json(model, spec)
 
 

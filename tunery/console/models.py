@@ -1,0 +1,76 @@
+"""Console pages for tuned models and their endpoints: list, details, and delete after a confirmation that says
+what goes. Deleting goes through the REST route's own function (rows, loaded adapters and files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from tunery.api.errors import ApiError
+from tunery.api.routes import tuning
+from tunery.console.common import csrf, page_errors, render, svc
+from tunery.jobs import states
+from tunery.jobs.store import Model
+
+router = APIRouter()
+
+
+def all_models(request: Request) -> list[Model]:
+    """Every tuned model, newest first (the models of every job that still has one)."""
+    store = svc(request).store
+    found = [store.get_model(j.model_id) for j in store.jobs_in(states.SUCCEEDED)[::-1] if j.model_id]
+    return [m for m in found if m is not None]
+
+
+def model_or_error(request: Request, model_id: str) -> Model:
+    model = svc(request).store.get_model(model_id)
+    if model is None:
+        raise ApiError(404, f"tuned model {model_id!r} not found (it may have been deleted)")
+    return model
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def _details(request: Request, model: Model) -> dict:
+    endpoints = svc(request).store.endpoints_of(model.id)
+    adapter = Path(model.adapter_dir)
+    checkpoints_dir = adapter.parent / "checkpoints"
+    return {"model": model, "endpoints": endpoints, "adapter_dir": str(adapter), "adapter_bytes": _size(adapter),
+            "checkpoints_dir": str(checkpoints_dir), "checkpoints_bytes": _size(checkpoints_dir)}
+
+
+@router.get("/console/models")
+@page_errors
+def models_page(request: Request) -> HTMLResponse:
+    rows = [{"model": m, "endpoints": svc(request).store.endpoints_of(m.id)} for m in all_models(request)]
+    return render(request, "models.html", {"title": "Models and endpoints", "rows": rows})
+
+
+@router.get("/console/models/{model_id}")
+@page_errors
+def model_page(request: Request, model_id: str) -> HTMLResponse:
+    model = model_or_error(request, model_id)
+    return render(request, "model.html", {"title": f"Model {model.display_name or model.id}",
+                                          **_details(request, model), "confirm": False})
+
+
+@router.get("/console/models/{model_id}/delete")
+@page_errors
+def confirm_delete(request: Request, model_id: str) -> HTMLResponse:
+    model = model_or_error(request, model_id)
+    return render(request, "model.html", {"title": f"Delete model {model.display_name or model.id}?",
+                                          **_details(request, model), "confirm": True})
+
+
+@router.post("/console/models/{model_id}/delete")
+@page_errors
+def delete(request: Request, model_id: str, csrf_token: str | None = Form(None, alias="csrf")) -> RedirectResponse:
+    session = csrf(request, csrf_token)
+    model = model_or_error(request, model_id)
+    tuning.delete_model(model.project, model.location, model.id, svc(request))
+    session.flash = f"Deleted model {model.display_name or model.id}, its endpoints and its files."
+    return RedirectResponse("/console/models", status_code=303)

@@ -1,0 +1,69 @@
+"""The playground: a base model, a tuned model or a checkpoint (two side by side), answers streamed as they are
+generated. Generation goes through the REST routes' own functions, so the stream is Vertex's SSE."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import HTMLResponse, Response
+
+from tunery.api.errors import ApiError
+from tunery.api.routes import generation
+from tunery.console.common import csrf, json_errors, page_errors, render, svc
+from tunery.console.create import base_choices
+from tunery.console.models import all_models
+
+router = APIRouter()
+
+
+def targets(request: Request) -> list[dict]:
+    """What the pickers offer: base models by name, then each tuned model's endpoint and its checkpoints'."""
+    out = [{"value": f"base:{b['value']}", "label": f"base · {b['value']} → {b['resolves']}"} for b in base_choices()]
+    for model in all_models(request):
+        label = model.display_name or model.id
+        for ep in svc(request).store.endpoints_of(model.id):
+            what = f"checkpoint {ep.checkpoint_id}" if ep.checkpoint_id else "tuned"
+            out.append({"value": f"endpoint:{ep.id}", "label": f"{what} · {label} (endpoint {ep.id})",
+                        "model_id": model.id, "checkpoint": ep.checkpoint_id})
+    return out
+
+
+@router.get("/console/playground")
+@page_errors
+def playground_page(request: Request, left: str = "", right: str = "") -> HTMLResponse:
+    options = targets(request)
+    tuned = next((o["value"] for o in options if o["value"].startswith("endpoint:")), "")
+    return render(request, "playground.html", {"title": "Playground", "options": options,
+                                               "left": left or options[0]["value"], "right": right or tuned})
+
+
+def _number(value, field: str, lo: float, hi: float, whole: bool = False) -> float | int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not lo <= number <= hi or (whole and not number.is_integer()):
+        kind = "a whole number" if whole else "a number"
+        raise ApiError(400, f"{field}: expected {kind} from {lo:g} to {hi:g}, found {value!r}")
+    return int(number) if whole else number
+
+
+@router.post("/console/api/generate")
+@json_errors
+def generate(request: Request, body: dict = Body(...)) -> Response:
+    """{target, prompt, system, temperature, maxOutputTokens} -> the Vertex SSE stream of that model's answer."""
+    csrf(request, request.headers.get("x-csrf-token"))
+    target, prompt = str(body.get("target") or ""), body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ApiError(400, "Prompt: write something for the model to answer")
+    config = {"temperature": _number(body.get("temperature", 0), "Temperature", 0, 2),
+              "maxOutputTokens": _number(body.get("maxOutputTokens", 64), "Max output tokens", 1, 8192, whole=True)}
+    request_body: dict = {"contents": [{"role": "user", "parts": [{"text": prompt}]}], "generationConfig": config}
+    if isinstance(body.get("system"), str) and body["system"].strip():
+        request_body["systemInstruction"] = {"parts": [{"text": body["system"]}]}
+    kind, _, name = target.partition(":")
+    method = "streamGenerateContent"
+    if kind == "base" and name:
+        return generation.call(svc(request), method, generation.base_target(name), request_body)
+    if kind == "endpoint" and name:
+        return generation.call(svc(request), method, generation.endpoint_target(svc(request), name), request_body)
+    raise ApiError(400, f"Model: expected base:NAME or endpoint:ID, found {target!r}")
