@@ -317,7 +317,10 @@ def export_cmd(run_dir, merged_out, checkpoint):
 @click.option("--allow-http-datasets", is_flag=True, help="Accept http(s):// dataset URIs.")
 @click.option("--max-concurrent-jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Tuning jobs run at once.")
 @click.option("--max-loaded-adapters", type=click.IntRange(min=1), default=8, show_default=True, help="Adapters kept in memory (LRU).")
-def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_concurrent_jobs, max_loaded_adapters):
+@click.option("--max-request-mb", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Largest request body (uploads included); larger ones get 413.")
+def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_concurrent_jobs, max_loaded_adapters,
+              max_request_mb):
     """Run the Vertex AI tuning API server (point the google-genai SDK's base_url at it).
 
     Example: tunery serve --port 8080 --allow-path ~/datasets
@@ -333,7 +336,7 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_co
     settings = ServerSettings(home=Path(home).expanduser() if home else default_home(), api_key=api_key,
                               allow_paths=tuple(Path(p).expanduser() for p in allow_path),
                               allow_http_datasets=allow_http_datasets, max_concurrent_jobs=max_concurrent_jobs,
-                              max_loaded_adapters=max_loaded_adapters)
+                              max_loaded_adapters=max_loaded_adapters, max_request_bytes=max_request_mb << 20)
     err.print(f"tunery serving the Vertex tuning API on http://{host}:{port} (home {settings.home}; datasets readable "
               f"under {', '.join(map(str, settings.allowed_roots))}); web console: http://{host}:{port}/console")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")

@@ -41,6 +41,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                   docs_url=None, redoc_url=None)
     app.state.services = svc
     errors.install(app)
+    app.add_middleware(errors.BodyLimit, limit=settings.max_request_bytes)
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):

@@ -29,6 +29,7 @@ class ServerSettings:
     max_concurrent_jobs: int = 1  # Vertex's concurrent-tuning-job quota
     max_loaded_adapters: int = DEFAULT_MAX_ADAPTERS
     validate_on_create_bytes: int = 8 << 20  # datasets this small are validated before create returns
+    max_request_bytes: int = 32 << 20  # larger request bodies get 413
     start_worker: bool = True
     cwd: Path = field(default_factory=Path.cwd)
 

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Body
 
@@ -14,7 +15,7 @@ from tunery.api import datasets
 from tunery.api.errors import ApiError
 from tunery.api.services import Services, Svc
 from tunery.api.wire import tuning as wire
-from tunery.api.wire.common import get, page
+from tunery.api.wire.common import page
 from tunery.config import TuningConfig
 from tunery.data.validate import Limits, validate
 from tunery.jobs import child, states
@@ -22,7 +23,6 @@ from tunery.jobs.store import Job
 
 router = APIRouter()
 PLACE = "/projects/{project}/locations/{location}"
-OTHER_SPECS = ("preferenceOptimizationSpec", "distillationSpec", "reinforcementTuningSpec", "fullFineTuningSpec")
 
 
 def _job_json(svc: Services, job: Job) -> dict:
@@ -39,33 +39,26 @@ def _job_or_404(svc: Services, job_id: str) -> Job:
 
 
 def _tuned_model(svc: Services, name: str, field: str):
-    model_id = re.sub(r"@.*$", "", name.rsplit("/", 1)[-1])
+    model_id = name.rsplit("/", 1)[-1].split("@")[0]
     model = svc.store.get_model(model_id)
     if model is None:
         raise ApiError(404, f"{field}: tuned model {name} not found")
     return model
 
 
-def _config(svc: Services, body: dict) -> tuple[dict, str]:
-    """TuningConfig fields from a create request, every field checked; and the resolved base model name."""
-    for key in OTHER_SPECS:
-        if get(body, key):
-            raise ApiError(400, f"{key}: tunery supports supervised tuning only (supervisedTuningSpec)")
-    spec = get(body, "supervisedTuningSpec")
-    if not isinstance(spec, dict) or not get(spec, "trainingDatasetUri"):
-        raise ApiError(400, "supervisedTuningSpec.trainingDatasetUri: required (the training dataset's path or URI)")
+def _config(svc: Services, req: wire.CreateTuningJob) -> tuple[dict, str]:
+    """TuningConfig fields from a parsed create request, datasets and the base model resolved; and the base model's
+    registry name."""
     roots, allow_http = svc.settings.allowed_roots, svc.settings.allow_http_datasets
-    cfg: dict = {"train": datasets.resolve(get(spec, "trainingDatasetUri"), "supervisedTuningSpec.trainingDatasetUri",
-                                           roots, allow_http)}
-    if get(spec, "validationDatasetUri"):
-        cfg["validation"] = datasets.resolve(get(spec, "validationDatasetUri"), "supervisedTuningSpec.validationDatasetUri",
-                                             roots, allow_http)
-    cfg |= wire.hyperparameters(spec)
-    cfg["export_last_checkpoint_only"] = bool(get(spec, "exportLastCheckpointOnly"))
-    pre = get(body, "preTunedModel")
-    if pre:
-        model = _tuned_model(svc, get(pre, "tunedModelName") or "", "preTunedModel.tunedModelName")
-        ckpt = get(pre, "checkpointId")
+    cfg: dict = {"train": datasets.resolve(req.train_uri, "supervisedTuningSpec.trainingDatasetUri", roots, allow_http)}
+    if req.validation_uri:
+        cfg["validation"] = datasets.resolve(req.validation_uri, "supervisedTuningSpec.validationDatasetUri", roots,
+                                             allow_http)
+    cfg |= req.hyperparameters
+    cfg["export_last_checkpoint_only"] = req.export_last_checkpoint_only
+    if req.pre_tuned:
+        model = _tuned_model(svc, req.pre_tuned.model_id, "preTunedModel.tunedModelName")
+        ckpt = req.pre_tuned.checkpoint_id
         paths = {c["checkpointId"]: c["path"] for c in model.checkpoints}
         if ckpt and ckpt not in paths:
             raise ApiError(400, f"preTunedModel.checkpointId: expected one of {', '.join(paths)}, found {ckpt!r}")
@@ -74,9 +67,7 @@ def _config(svc: Services, body: dict) -> tuple[dict, str]:
         cfg.setdefault("adapter_size", rank)
         base = model.base_model
     else:
-        base = get(body, "baseModel")
-        if not base:
-            raise ApiError(400, "baseModel: required (or preTunedModel to continue from a tuned model)")
+        base = req.base_model
     resolved = models.resolve(base)
     cfg["base_model"] = resolved.name
     TuningConfig(**cfg, output="-")  # range checks, with the flag named
@@ -84,9 +75,8 @@ def _config(svc: Services, body: dict) -> tuple[dict, str]:
     return cfg, resolved.name
 
 
-def _evaluation(svc: Services, body: dict, cfg: dict) -> dict | None:
+def _evaluation(svc: Services, ev: dict | None, cfg: dict) -> dict | None:
     """The after-tuning evaluation a create request asks for (evaluationConfig), its dataset resolved and checked."""
-    ev = wire.evaluation(get(body, "supervisedTuningSpec") or {})
     if ev is None:
         return None
     where = "supervisedTuningSpec.evaluationConfig.datasetUri"
@@ -124,13 +114,14 @@ def _validate_small(svc: Services, cfg: dict, spec: models.BaseModelSpec) -> Non
 
 
 @router.post(PLACE + "/tuningJobs")
-def create_tuning_job(project: str, location: str, svc: Svc, body: dict = Body(...)) -> dict:
-    cfg, resolved = _config(svc, body)
+def create_tuning_job(project: str, location: str, svc: Svc, body: Any = Body(...)) -> dict:
+    req = wire.parse_create(body)
+    cfg, resolved = _config(svc, req)
     request = {**body, "baseModel": resolved, "_config": cfg}
-    if (evaluation := _evaluation(svc, body, cfg)) is not None:
+    if (evaluation := _evaluation(svc, req.evaluation, cfg)) is not None:
         request["_evaluation"] = evaluation
-    if get(body, "baseModel") and get(body, "baseModel") != resolved:
-        request["requestedBaseModel"] = get(body, "baseModel")
+    if req.base_model and req.base_model != resolved:
+        request["requestedBaseModel"] = req.base_model
     job = svc.store.create_job(project, location, request, svc.settings.home / "jobs")
     return _job_json(svc, job)
 

@@ -53,3 +53,31 @@ def page(page_size: int | None, page_token: str | None) -> tuple[int, int]:
     if page_token and not page_token.isdigit():
         raise ApiError(400, f"pageToken: not a token this server issued: {page_token!r:.80}")
     return size, int(page_token or 0)
+
+
+def str_field(value: Any, field: str, max_chars: int = 4096) -> str | None:
+    """A string field (None when absent), its type and length checked."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, f"{field}: expected a string, found {type(value).__name__} {value!r:.60}")
+    if len(value) > max_chars:
+        raise ApiError(400, f"{field}: expected at most {max_chars} characters, found {len(value)}")
+    return value
+
+
+def object_field(value: Any, field: str) -> dict | None:
+    """An object field (None when absent)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{field}: expected an object, found {type(value).__name__}")
+    return value
+
+
+def bool_field(value: Any, field: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ApiError(400, f"{field}: expected true or false, found {value!r:.60}")
+    return value

@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from tunery.api.errors import ApiError
-from tunery.api.wire.common import float_field, int_field, get
+from dataclasses import dataclass
+
+from tunery.api.wire.common import bool_field, float_field, get, int_field, object_field, str_field
 from tunery.api.wire import metadata
 from tunery.jobs.store import Endpoint, Job, Model
 
@@ -15,6 +17,62 @@ ADAPTER_SIZES = {"ADAPTER_SIZE_ONE": 1, "ADAPTER_SIZE_TWO": 2, "ADAPTER_SIZE_FOU
                  "ADAPTER_SIZE_SIXTEEN": 16}
 ADAPTER_SIZE_NAMES = {v: k for k, v in ADAPTER_SIZES.items()}
 OLD_SDK_ADAPTER_SIZES = {1: 1, 6: 2, 2: 4, 3: 8, 4: 16}  # proto enum numbers (google-cloud-aiplatform)
+
+
+OTHER_SPECS = ("preferenceOptimizationSpec", "distillationSpec", "reinforcementTuningSpec", "fullFineTuningSpec")
+
+
+@dataclass(frozen=True)
+class PreTunedModel:
+    model_id: str  # the tuned model to continue from
+    checkpoint_id: str | None
+
+
+@dataclass(frozen=True)
+class CreateTuningJob:
+    """A tuningJobs.create request, every field's type checked once, here; ranges of hyperparameters too."""
+
+    base_model: str | None
+    pre_tuned: PreTunedModel | None
+    train_uri: str
+    validation_uri: str | None
+    hyperparameters: dict  # TuningConfig fields
+    export_last_checkpoint_only: bool
+    evaluation: dict | None  # see evaluation()
+
+
+def parse_create(body: Any) -> CreateTuningJob:
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body: expected a TuningJob object, found {type(body).__name__}")
+    for key in OTHER_SPECS:
+        if get(body, key):
+            raise ApiError(400, f"{key}: tunery supports supervised tuning only (supervisedTuningSpec)")
+    for key in ("tunedModelDisplayName", "description"):
+        str_field(get(body, key), key, 1024 if key == "description" else 128)
+    labels = object_field(get(body, "labels"), "labels") or {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()) or len(labels) > 64:
+        raise ApiError(400, "labels: expected at most 64 string keys with string values")
+    spec = object_field(get(body, "supervisedTuningSpec"), "supervisedTuningSpec")
+    where = "supervisedTuningSpec"
+    train = str_field(get(spec, "trainingDatasetUri"), f"{where}.trainingDatasetUri")
+    if not train:
+        raise ApiError(400, f"{where}.trainingDatasetUri: required (the training dataset's path or URI)")
+    object_field(get(spec, "hyperParameters"), f"{where}.hyperParameters")
+    pre = object_field(get(body, "preTunedModel"), "preTunedModel")
+    pre_tuned = None
+    if pre:
+        name = str_field(get(pre, "tunedModelName"), "preTunedModel.tunedModelName", 512)
+        if not name:
+            raise ApiError(400, "preTunedModel.tunedModelName: required (projects/P/locations/L/models/ID)")
+        pre_tuned = PreTunedModel(name.rsplit("/", 1)[-1].split("@")[0],
+                                  str_field(get(pre, "checkpointId"), "preTunedModel.checkpointId", 32))
+    base = str_field(get(body, "baseModel"), "baseModel", 512)
+    if not base and pre_tuned is None:
+        raise ApiError(400, "baseModel: required (or preTunedModel to continue from a tuned model)")
+    return CreateTuningJob(base, pre_tuned, train,
+                           str_field(get(spec, "validationDatasetUri"), f"{where}.validationDatasetUri") or None,
+                           hyperparameters(spec), bool_field(get(spec, "exportLastCheckpointOnly"),
+                                                             f"{where}.exportLastCheckpointOnly"), evaluation(spec))
 
 
 def adapter_size(value: Any, field: str) -> int | None:
@@ -52,18 +110,16 @@ def evaluation(spec: dict) -> dict | None:
     `inferenceGenerationConfig` sets decoding. tunery's own fields (docs/api.md): `datasetUri` (default: the
     validation dataset), `task` (default: from the metric specs, else inferred from the references) and `limit`
     (examples, default 100)."""
-    ec = get(spec, "evaluationConfig")
+    where = "supervisedTuningSpec.evaluationConfig"
+    ec = object_field(get(spec, "evaluationConfig"), where)
     if ec is None:
         return None
-    where = "supervisedTuningSpec.evaluationConfig"
-    if not isinstance(ec, dict):
-        raise ApiError(400, f"{where}: expected an object, found {type(ec).__name__}")
-    task = get(ec, "task") or _task_of_metrics(get(ec, "metrics"))
+    task = str_field(get(ec, "task"), f"{where}.task", 64) or _task_of_metrics(get(ec, "metrics"))
     if task is not None and task not in EVAL_TASKS:
         raise ApiError(400, f"{where}.task: expected one of {', '.join(EVAL_TASKS)}, found {task!r}")
-    gen = get(ec, "inferenceGenerationConfig") or {}
+    gen = object_field(get(ec, "inferenceGenerationConfig"), f"{where}.inferenceGenerationConfig") or {}
     temperature = get(gen, "temperature")
-    return {"dataset": get(ec, "datasetUri"), "task": task,
+    return {"dataset": str_field(get(ec, "datasetUri"), f"{where}.datasetUri"), "task": task,
             "limit": int_field(get(ec, "limit"), f"{where}.limit", 1, 100_000) or 100,
             "max_output_tokens": int_field(get(gen, "maxOutputTokens"), f"{where}.inferenceGenerationConfig.maxOutputTokens",
                                       1, 8192) or 256,

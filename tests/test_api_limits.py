@@ -1,0 +1,146 @@
+"""Bad requests get a quick 4xx in the Vertex error shape, never a 500 or a hang: type-confused fields, prompts over
+the context, oversized bodies; a bug gets a Vertex-shaped 500 naming its log incident; a stream never ends silently."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+import pytest
+
+from tests.helpers import contents, tunery_home, write_jsonl
+from tests.test_api import LiveServer
+
+P = "projects/p/locations/l"
+USER = {"role": "user", "parts": [{"text": "Colour 1?"}]}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, tiny_model_dir):
+    with tunery_home(tmp_path_factory.mktemp("limits-home"), tiny_model_dir) as home:
+        (home / "data").mkdir()
+        write_jsonl(home / "data" / "train.jsonl", [contents(("user", f"q{i}"), ("model", f"a{i}")) for i in range(8)])
+        yield home
+
+
+@pytest.fixture(scope="module")
+def server(home):
+    live = LiveServer(home, start_worker=False, max_request_bytes=64 << 10)
+
+    def boom():
+        raise RuntimeError("a bug")
+
+    live.app.add_api_route("/test-only/boom", boom)
+    with live:
+        yield live
+
+
+def post(server, path: str, body, **kw) -> httpx.Response:
+    started = time.monotonic()
+    r = httpx.post(server.url + path, json=body, timeout=30, **kw)
+    assert time.monotonic() - started < 2, (path, body)
+    return r
+
+
+def assert_error(r: httpx.Response, code: int, fragment: str) -> None:
+    assert r.status_code == code, r.text
+    error = r.json()["error"]
+    assert set(error) == {"code", "message", "status"} and error["code"] == code
+    assert fragment in error["message"], error["message"]
+
+
+def create_body(home, **over) -> dict:
+    body = {"baseModel": "gemini-2.0-flash-001",
+            "supervisedTuningSpec": {"trainingDatasetUri": str(home / "data" / "train.jsonl")}}
+    for key, value in over.items():
+        target = body["supervisedTuningSpec"] if key in ("hyperParameters", "exportLastCheckpointOnly",
+                                                         "validationDatasetUri", "evaluationConfig") else body
+        target[key] = value
+    return body
+
+
+@pytest.mark.parametrize("over, fragment", [
+    ({"baseModel": 5}, "baseModel: expected a string, found int 5"),
+    ({"baseModel": None, "preTunedModel": {"tunedModelName": 7}}, "preTunedModel.tunedModelName: expected a string, found int"),
+    ({"preTunedModel": "models/1"}, "preTunedModel: expected an object, found str"),
+    ({"tunedModelDisplayName": ["x"]}, "tunedModelDisplayName: expected a string, found list"),
+    ({"labels": {"team": 1}}, "labels: expected at most 64 string keys with string values"),
+    ({"hyperParameters": "fast"}, "supervisedTuningSpec.hyperParameters: expected an object, found str"),
+    ({"hyperParameters": {"epochCount": [3]}}, "supervisedTuningSpec.hyperParameters.epochCount: expected a whole number"),
+    ({"hyperParameters": {"learningRateMultiplier": "lots"}}, "learningRateMultiplier: expected a number"),
+    ({"exportLastCheckpointOnly": "yes"}, "supervisedTuningSpec.exportLastCheckpointOnly: expected true or false"),
+    ({"validationDatasetUri": 3}, "supervisedTuningSpec.validationDatasetUri: expected a string, found int"),
+    ({"evaluationConfig": {"task": 1, "metrics": []}}, "supervisedTuningSpec.evaluationConfig.task: expected a string"),
+    ({"supervisedTuningSpec": []}, "supervisedTuningSpec: expected an object, found list"),
+])
+def test_create_with_type_confused_fields_is_a_400_naming_the_field(server, home, over, fragment):
+    assert_error(post(server, f"/v1beta1/{P}/tuningJobs", create_body(home, **over)), 400, fragment)
+
+
+def test_create_body_that_is_not_an_object(server):
+    assert_error(post(server, f"/v1beta1/{P}/tuningJobs", [1, 2]), 400, "request body: expected a TuningJob object")
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"contents": [{"role": "user", "parts": [{"text": 5}]}]}, "contents[0].parts[0].text: expected a string, found int"),
+    ({"contents": [USER], "generationConfig": {"temperature": "hot"}}, "generationConfig.temperature: expected a number"),
+    ({"contents": [USER], "generationConfig": {"temperature": [0.5]}}, "generationConfig.temperature: expected a number"),
+    ({"contents": [USER], "generationConfig": {"topP": {"x": 1}}}, "generationConfig.topP: expected a number"),
+    ({"contents": [USER], "generationConfig": {"topP": "nan"}}, "generationConfig.topP: expected a number"),
+    ({"contents": [USER], "generationConfig": "greedy"}, "generationConfig: expected an object, found str"),
+    ({"contents": [USER], "generationConfig": {"candidateCount": 9}}, "generationConfig.candidateCount: expected a whole number from 1 to 8"),
+    ({"contents": [USER], "generationConfig": {"maxOutputTokens": 10**6}}, "generationConfig.maxOutputTokens"),
+    ({"contents": [USER], "systemInstruction": 5}, "systemInstruction: expected a Content object, found int"),
+    ({"contents": "hello"}, "contents: expected at least one Content"),
+    ({"contents": [[1]]}, "contents[0].role"),
+    (["not", "an", "object"], "request body: expected a JSON object, found list"),
+])
+def test_generate_with_type_confused_fields_is_a_quick_400(server, body, fragment):
+    for method in ("generateContent", "streamGenerateContent", "countTokens"):
+        if method == "countTokens" and "generationConfig" in str(body):
+            continue
+        r = post(server, f"/v1beta1/{P}/publishers/google/models/gemini-2.0-flash-001:{method}", body)
+        assert_error(r, 400, fragment)
+
+
+def test_a_prompt_over_the_context_is_refused_with_its_size(server):
+    long = {"contents": [{"role": "user", "parts": [{"text": "colour " * 600}]}]}  # the tiny model's context: 512
+    r = post(server, f"/v1beta1/{P}/publishers/google/models/gemini-2.0-flash-001:generateContent", long)
+    assert_error(r, 400, "the prompt has ")
+    assert "tokens; the model's context is 512 tokens" in r.json()["error"]["message"]
+    huge = {"contents": [{"role": "user", "parts": [{"text": "x" * 60_000}]}]}  # refused before tokenizing
+    r = post(server, f"/v1beta1/{P}/publishers/google/models/gemini-2.0-flash-001:streamGenerateContent", huge,
+             params={"alt": "sse"})
+    assert_error(r, 400, "the prompt has 60,000 characters, far over the model's context of 512 tokens")
+
+
+def test_an_output_budget_past_the_context_is_cut_to_the_room_left(server):
+    body = {"contents": [USER], "generationConfig": {"maxOutputTokens": 8192, "temperature": 0}}
+    r = httpx.post(f"{server.url}/v1beta1/{P}/publishers/google/models/gemini-2.0-flash-001:generateContent",
+                   json=body, timeout=120)
+    usage = r.json()["usageMetadata"]
+    assert r.status_code == 200 and usage["promptTokenCount"] + usage["candidatesTokenCount"] <= 512
+
+
+def test_an_oversized_body_is_a_413_before_it_is_read(server):
+    big = {"contents": [{"role": "user", "parts": [{"text": "x" * (70 << 10)}]}]}
+    r = post(server, f"/v1beta1/{P}/publishers/google/models/gemini-2.0-flash-001:generateContent", big)
+    assert_error(r, 413, "request body: expected at most 65,536 bytes")
+
+    def chunks():  # no Content-Length: refused as soon as the limit passes
+        for _ in range(100):
+            yield b"x" * 4096
+
+    r = httpx.post(f"{server.url}/v1beta1/{P}/tuningJobs", content=chunks(), timeout=30,
+                   headers={"content-type": "application/json"})
+    assert_error(r, 413, "found more than 65536")
+    assert httpx.get(f"{server.url}/v1beta1/{P}/tuningJobs").status_code == 200  # still serving
+
+
+def test_a_bug_is_a_vertex_shaped_500_naming_its_log_incident(server, caplog):
+    with caplog.at_level(logging.ERROR, logger="tunery"):
+        r = httpx.get(f"{server.url}/test-only/boom")
+    assert_error(r, 500, "internal error (incident ")
+    incident = r.json()["error"]["message"].split("incident ", 1)[1].split(";")[0]
+    assert any(incident in rec.getMessage() and rec.exc_info for rec in caplog.records)
