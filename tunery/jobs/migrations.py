@@ -60,6 +60,13 @@ def m001_jobs_models_endpoints(db: sqlite3.Connection) -> None:
     """)
 
 
+@migration
+def m002_job_crashes(db: sqlite3.Connection) -> None:
+    # attempts counts launches; crashes counts tuning processes that died without a result (server restarts are
+    # neither): only crashes can fail a job
+    _run(db, "ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
+
+
 def _run(db: sqlite3.Connection, script: str) -> None:
     """Execute statements one by one (executescript would COMMIT the migration's transaction early)."""
     for statement in script.split(";"):

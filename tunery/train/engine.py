@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunery import faults, models
+from tunery import faults, locks, models
 from tunery.config import TuningConfig, default_epochs
 from tunery.data.formats import parse
 from tunery.data.jsonl import read_records
@@ -235,9 +235,7 @@ def _train_step(model, optimizer, trainable, rows: list[Rendered], pad_id: int, 
 
 def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) -> RunResult:
     """Run (or resume) one tuning job. Raises TuneryError subclasses for anything the user can fix.
-    Under torchrun every rank runs this; rank 0 writes the run directory and reports events."""
-    import torch
-
+    Under torchrun every rank runs this; rank 0 writes the run directory (holding its lock) and reports events."""
     dist = distributed.init()
     emit = (on_event or (lambda e: None)) if dist.is_main else (lambda e: None)
     out = Path(cfg.output)
@@ -248,12 +246,25 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
     emit({"event": "validating"})
     plan = _prepare(cfg, template, max_length)
     emit({"event": "dataset", "stats": plan.stats})
-    total = plan.total
-    ids = ck.checkpoint_ids(plan.exports)  # {step: checkpoint id}, 1..K in Vertex cadence
-    eval_every = max(1, math.ceil(total / EVALS_PER_RUN))
 
     # 2. the run directory: fresh, resumed, or already finished
     identity = _identity(cfg, spec, template, plan.epochs, len(plan.train_rows), len(plan.val_rows))
+    lock = locks.acquire(out / locks.LOCK_FILE, f"run directory {out}") if dist.is_main else None  # one writer
+    try:
+        return _train_locked(cfg, out, identity, spec, plan, template, dist, emit)
+    finally:
+        if lock is not None:
+            locks.release(lock)
+
+
+def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Plan, template: ChatTemplate, dist: Dist,
+                  emit: Callable[[Event], None]) -> RunResult:
+    """Steps 2 to 5 of train(), with the run directory's lock held."""
+    import torch
+
+    total = plan.total
+    ids = ck.checkpoint_ids(plan.exports)  # {step: checkpoint id}, 1..K in Vertex cadence
+    eval_every = max(1, math.ceil(total / EVALS_PER_RUN))
     if (done := _open_run_dir(out, identity, dist)) is not None:
         emit({"event": "already_complete", "steps": done.steps})
         return done
