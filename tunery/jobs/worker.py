@@ -28,6 +28,7 @@ from tunery.train.checkpoints import write_json
 
 log = logging.getLogger("tunery")
 MAX_ATTEMPTS = 3  # a job whose tuning process crashes this many times fails (server restarts do not count)
+MAX_CRASHES_ENV = "TUNERY_MAX_JOB_CRASHES"  # overrides MAX_ATTEMPTS (the chaos test kills each job many times)
 CANCEL_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL after this long
 CANCELLED_ERROR = {"code": 1, "message": "CANCELED"}
 
@@ -45,6 +46,7 @@ class Worker:
     max_concurrent: int = 1
     poll_seconds: float = 0.25
     python: str = sys.executable  # the interpreter that runs `-m tunery.jobs.child`
+    max_crashes: int = field(default_factory=lambda: int(os.environ.get(MAX_CRASHES_ENV) or MAX_ATTEMPTS))
     children: dict[str, _Child] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -115,9 +117,9 @@ class Worker:
         elif code == LOCKED_EXIT:  # it found the job held by another process and did nothing: not a crash
             log.warning("job %s: its directory is held by another process; requeued", job.id)
             self.store.transition(job.id, states.PENDING, detail=states.WAITING_FOR_QUOTA)
-        elif job.crashes + 1 < MAX_ATTEMPTS:
+        elif job.crashes + 1 < self.max_crashes:
             log.warning("job %s: the tuning process %s; requeued (crash %d of %d allowed)",
-                        job.id, _how(code), job.crashes + 1, MAX_ATTEMPTS - 1)
+                        job.id, _how(code), job.crashes + 1, self.max_crashes - 1)
             self.store.transition(job.id, states.PENDING, detail=states.WAITING_FOR_QUOTA, crash=True)
         else:
             self.store.transition(job.id, states.FAILED, ended=True, crash=True, error={
