@@ -30,11 +30,11 @@ from tunery.faults import CRASH_FILE, POINTS
 from tunery.train import metrics as mt
 
 JOBS = 3
-EPOCHS, STEPS_PER_EPOCH = 4, 6  # 24 examples, batch 4
+EPOCHS, STEPS_PER_EPOCH = 6, 6  # 24 examples, batch 4
 STEPS = EPOCHS * STEPS_PER_EPOCH
-EXPORTS = {6: 1, 12: 2, 18: 3, 24: 4}  # {step: checkpoint id}, one per epoch (Vertex, fewer than 10 epochs)
+EXPORTS = {6 * k: k for k in range(1, EPOCHS + 1)}  # {step: checkpoint id}, one per epoch (Vertex, fewer than 10 epochs)
 MIN_KILLS = 20
-SERVER_KILL_CHANCE = 0.25
+SERVER_KILL_CHANCE = 0.12  # per tuning process's fate: the server instead
 TERMINAL = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
 
 
@@ -101,7 +101,6 @@ def processes(run: Path) -> list[tuple[int | None, list[int]]]:
 
 def test_jobs_survive_random_kills_of_server_and_tuning_processes(tmp_path, tiny_model_dir, monkeypatch):
     seed = int(os.environ.get("TUNERY_CHAOS_SEED", "1"))
-    rng = random.Random(seed)
     t0 = time.monotonic()
     home = tmp_path / "home"
     home.mkdir()
@@ -123,38 +122,7 @@ def test_jobs_survive_random_kills_of_server_and_tuning_processes(tmp_path, tiny
     runs = {i: home / "jobs" / i / "run" for i in ids}
     kills: Counter = Counter()
     try:
-        while sum(kills.values()) < MIN_KILLS:
-            live = _wait_until_each_job_trains(server, runs, deadline=time.monotonic() + 180)
-            assert live, f"every job finished after only {dict(kills)} kills"
-            if rng.random() < SERVER_KILL_CHANCE:
-                time.sleep(rng.uniform(0, 0.4))
-                server.kill()
-                kills["server"] += 1
-                server.start()
-                continue
-            armed = {}
-            for job_id, (proc, step) in live.items():
-                draw = rng.random()
-                if draw < 0.6:  # the process kills itself at a named point of a coming step
-                    point = rng.choice(POINTS)
-                    target = step + rng.randint(1, 2)
-                    if point.startswith("checkpoint"):
-                        target = min(s for s in EXPORTS if s >= target) if target <= STEPS else target
-                    if target <= STEPS:
-                        (runs[job_id] / CRASH_FILE).write_text(f"{point} {target}")
-                        armed[job_id] = (proc, point)
-                elif draw < 0.9:  # SIGKILL from outside at a random moment
-                    time.sleep(rng.uniform(0, 0.3))
-                    try:
-                        proc.send_signal(signal.SIGKILL)
-                        kills["process"] += 1
-                    except psutil.NoSuchProcess:
-                        pass
-            for job_id, (proc, point) in armed.items():  # each armed point fires, or the job got past it first
-                gone = psutil.wait_procs([proc], timeout=60)[0]  # not our child: no exit status, but the file
-                if gone and not (runs[job_id] / CRASH_FILE).exists():  # is removed only by the process killing itself
-                    kills[point] += 1
-                (runs[job_id] / CRASH_FILE).unlink(missing_ok=True)
+        _chaos(server, ids, runs, seed, kills, deadline=time.monotonic() + 600)
         for run in runs.values():
             (run / CRASH_FILE).unlink(missing_ok=True)
         jobs = {}
@@ -218,23 +186,57 @@ def torch_equal(a, b) -> bool:
     return torch.allclose(a, b, rtol=0, atol=1e-6)
 
 
-def _wait_until_each_job_trains(server: Server, runs: dict[str, Path], deadline: float
-                                ) -> dict[str, tuple[psutil.Process, int]]:
-    """Wait until every unfinished job has a process that has trained a step (so a kill interrupts real work).
-    Returns {job id: (its process, last step trained)}; {} once every job has finished."""
-    while time.monotonic() < deadline:
-        live, waiting = {}, False
+def _chaos(server: Server, ids: list[str], runs: dict[str, Path], seed: int, kills: Counter, deadline: float) -> None:
+    """Kill until MIN_KILLS. Each tuning process, once it has trained a step, gets one fate drawn from its job's
+    random.Random: kill itself at a named point of one of its next steps, or be SIGKILLed from outside within 0.3 s;
+    with SERVER_KILL_CHANCE the server is SIGKILLed instead (all jobs' processes die with it) and restarted."""
+    rngs = {job_id: random.Random(f"{seed}/{k}") for k, job_id in enumerate(ids)}
+    server_rng = random.Random(f"{seed}/server")
+    fates: dict[int, tuple] = {}  # pid -> ("crash", job, point, step) | ("kill", job, at monotonic time)
+    while sum(kills.values()) < MIN_KILLS:
+        assert time.monotonic() < deadline, f"chaos ran out of time after {dict(kills)}"
         children = server.children()
-        for job_id, run in runs.items():
-            if (run / "manifest.json").is_file():
-                continue
+        pending = [j for j in ids if not (runs[j] / "manifest.json").is_file()]
+        assert pending, f"every job finished after only {dict(kills)} kills"
+        for job_id in pending:
             proc = children.get(job_id)
-            mine = [r["step"] for r in trained(run) if proc is not None and r["pid"] == proc.pid]
-            if mine:
-                live[job_id] = (proc, mine[-1])
-            else:
-                waiting = True
-        if not waiting:
-            return live
+            if proc is None:
+                continue
+            mine = [r["step"] for r in trained(runs[job_id]) if r["pid"] == proc.pid]
+            fate = fates.get(proc.pid)
+            if fate is None and mine:
+                if server_rng.random() < SERVER_KILL_CHANCE:
+                    server.kill()
+                    kills["server"] += 1
+                    for run in runs.values():
+                        (run / CRASH_FILE).unlink(missing_ok=True)
+                    fates.clear()
+                    server.start()
+                    break
+                rng = rngs[job_id]
+                if rng.random() < 0.65:  # it kills itself at a named point of one of its next steps
+                    point, target = rng.choice(POINTS), mine[-1] + rng.randint(1, 2)
+                    if point.startswith("checkpoint"):
+                        target = min((s for s in EXPORTS if s >= target), default=STEPS + 1)
+                    if target <= STEPS:
+                        (runs[job_id] / CRASH_FILE).write_text(f"{point} {target}")
+                        fates[proc.pid] = ("crash", proc, point, target, job_id)
+                else:  # SIGKILL from outside at a random moment
+                    fates[proc.pid] = ("kill", proc, time.monotonic() + rng.uniform(0, 0.3))
+            elif fate and fate[0] == "kill" and time.monotonic() >= fate[2]:
+                try:
+                    proc.send_signal(signal.SIGKILL)
+                    kills["process"] += 1
+                except psutil.NoSuchProcess:
+                    pass
+                fates[proc.pid] = ("done",)
+            elif fate and fate[0] == "crash" and mine and mine[-1] > fate[3]:  # it got past the point first
+                (runs[job_id] / CRASH_FILE).unlink(missing_ok=True)
+                del fates[proc.pid]
+        for pid, fate in list(fates.items()):  # armed processes that are gone: did they kill themselves?
+            if fate[0] == "crash" and not fate[1].is_running():
+                job_id = fate[4]
+                if not (runs[job_id] / CRASH_FILE).exists():  # removed only by the process killing itself
+                    kills[fate[2]] += 1
+                fates[pid] = ("done",)
         time.sleep(0.05)
-    raise AssertionError("a job stopped making progress")

@@ -48,6 +48,7 @@ class Worker:
     python: str = sys.executable  # the interpreter that runs `-m tunery.jobs.child`
     max_crashes: int = field(default_factory=lambda: int(os.environ.get(MAX_CRASHES_ENV) or MAX_ATTEMPTS))
     children: dict[str, _Child] = field(default_factory=dict)
+    _held: set[str] = field(default_factory=set)  # jobs waiting for an old process to let go (logged once)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -149,8 +150,11 @@ class Worker:
                 return
             holder = locks.holder(Path(job.run_dir) / locks.LOCK_FILE)
             if holder is not None:  # an old child (of a server that was killed) still runs this job: wait for it
-                log.info("job %s waits: its directory is still held by process %s", job.id, holder)
+                if job.id not in self._held:
+                    log.info("job %s waits: its directory is still held by process %s", job.id, holder)
+                    self._held.add(job.id)
                 continue
+            self._held.discard(job.id)
             self._launch(job)
 
     def _launch(self, job: Job) -> None:
