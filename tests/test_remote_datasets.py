@@ -97,4 +97,4 @@ def test_remote_train_and_validation_with_the_same_basename(storage, scheme, tmp
     run = json.loads((job_dir / "run" / "run.json").read_text())
     assert run["train"]["sha256"] == hashlib.sha256(TRAIN).hexdigest() and run["train"]["examples"] == 24
     assert run["validation"]["sha256"] == hashlib.sha256(VAL).hexdigest() and run["validation"]["examples"] == 8
-    assert job["tuningDataStats"]["supervisedTuningDataStats"]["tuningDatasetExampleCount"] == "24"
+    assert job["tuningDataStats"]["supervisedTuningDataStats"]["tuningDatasetExampleCount"] == 24
