@@ -22,7 +22,6 @@ from pathlib import Path
 
 import httpx
 import psutil
-import pytest
 
 from tests.helpers import contents, write_jsonl
 from tests.test_api import _free_port

@@ -3,7 +3,6 @@ run directory; no job left RUNNING without a process; server restarts are not cr
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
