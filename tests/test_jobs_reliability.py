@@ -95,7 +95,8 @@ def test_a_second_server_on_the_same_home_refuses_and_names_the_first(tmp_path):
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while locks.holder(tmp_path / "serve.lock") != first.pid and time.monotonic() < deadline:
+        lock = tmp_path / "serve.lock"  # read, not probed: a probe could make the first server's acquire fail
+        while (not lock.is_file() or lock.read_text().strip() != str(first.pid)) and time.monotonic() < deadline:
             time.sleep(0.1)
         second = subprocess.run([sys.executable, "-m", "tunery.cli", "serve", "--port", str(_free_port()), "--home",
                                  str(tmp_path)], capture_output=True, text=True, timeout=60)

@@ -53,7 +53,9 @@ def release(fd: int) -> None:
 
 
 def holder(path: Path) -> int | None:
-    """The PID holding the lock at `path` (0 if it has not written it yet), or None when nobody holds it."""
+    """The PID holding the lock at `path` (0 if it has not written it yet), or None when nobody holds it.
+    The probe holds a shared lock for an instant, so an acquire at that very moment fails: probe only where no
+    process of ours can be acquiring (the worker probes jobs it has not started)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
