@@ -99,9 +99,11 @@ def serve_and_run_notebook() -> tuple[subprocess.Popen, str]:
     home = OUT / "home"
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TUNERY_HOME": str(home)}
-    print(f"$ tunery serve --port {port} --home {home.relative_to(REPO)}")
-    server = subprocess.Popen([sys.executable, "-m", "tunery.cli", "serve", "--port", str(port), "--home", str(home)],
-                              cwd=REPO, env=env)
+    work = OUT / "notebook"  # where the notebook writes its datasets: the server may read only the home and this
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"$ tunery serve --port {port} --home {home.relative_to(REPO)} --allow-path {work.relative_to(REPO)}")
+    server = subprocess.Popen([sys.executable, "-m", "tunery.cli", "serve", "--port", str(port), "--home", str(home),
+                               "--allow-path", str(work)], cwd=REPO, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(300):
@@ -111,7 +113,7 @@ def serve_and_run_notebook() -> tuple[subprocess.Popen, str]:
             except OSError:
                 time.sleep(0.2)
         cmd = [sys.executable, "examples/sft_summarization.py", "--server", url, "--train-examples", "120",
-               "--epochs", "2", "--eval-examples", "10", "--work", str(OUT / "notebook")]
+               "--epochs", "2", "--eval-examples", "10", "--work", str(work)]
         print(f"$ {' '.join(cmd[1:])}", flush=True)
         code = subprocess.call(cmd, cwd=REPO, env=env)
         if code != 0:

@@ -29,7 +29,7 @@ class LiveServer:
         from tunery.api.app import ServerSettings, create_app
 
         self.home = home
-        self.settings = ServerSettings(home=home, cwd=home, **settings)
+        self.settings = ServerSettings(home=home, **settings)
         self.app = create_app(self.settings)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -1,5 +1,7 @@
 """The worker under failure: a killed tuning process is requeued and resumes; a killed server loses nothing (its
-children die with it and the next server resumes them); cancel stops a child within seconds; quota queues jobs."""
+children die with it and the next server resumes them); cancel stops a child within seconds; quota queues jobs.
+Resumes are checked on the append-only trained.jsonl (every step every process trained), not on metrics.jsonl, which
+a resume rewrites: a job restarted from step 0 would pass a metrics check and fails these."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ STEPS = 48  # 24 examples / batch 4 x 8 epochs
 @pytest.fixture
 def home(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("TUNERY_HOME", str(tmp_path))
+    monkeypatch.setenv("TUNERY_SAVE_INTERVAL_SECONDS", "0")  # the server's jobs save resume state every step
     (tmp_path / "config.toml").write_text(f'default_base_model = "{tiny_model_dir}"\n')
     colours = ["red", "green", "blue", "black", "white", "pink", "grey", "brown"]
     write_jsonl(tmp_path / "train.jsonl", [contents(("user", f"Colour {i}: {c}?"), ("model", f"It is {c}."))
@@ -59,17 +62,50 @@ def steps_done(home: Path, job: dict) -> int:
     return len(mt.read_metrics(run)) if (run / "metrics.jsonl").exists() else 0
 
 
+def steps_trained(home: Path, job: dict) -> int:
+    """Steps in the append-only trained.jsonl: read once the process is dead, where it was killed."""
+    run = home / "jobs" / job["name"].rsplit("/", 1)[1] / "run"
+    return len((run / "trained.jsonl").read_text().splitlines())
+
+
+def processes(run: Path) -> list[tuple[int | None, list[int]]]:
+    """(resumed_from, steps trained) of each process that worked on a run, in order, from trained.jsonl."""
+    out: list[tuple[int | None, list[int]]] = []
+    last_pid = None
+    for line in (run / "trained.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["pid"] != last_pid:
+            out.append((r["resumed_from"], []))
+            last_pid = r["pid"]
+        out[-1][1].append(r["step"])
+    return out
+
+
+def assert_resumed_where_killed(run: Path, killed_at: int) -> None:
+    """Two processes: the first trained 1..killed_at, the second resumed at killed_at or one before (state is saved
+    every step; a kill between a step and its state redoes that one step) and trained the rest."""
+    (first_from, first), (second_from, second) = processes(run)
+    k = killed_at
+    assert first_from is None and first == list(range(1, k + 1))
+    assert second_from in (k - 1, k) and second == list(range(second_from + 1, STEPS + 1))
+    assert [r["step"] for r in mt.read_metrics(run)] == list(range(1, STEPS + 1))
+
+
 def test_killed_tuning_process_is_requeued_and_resumes(home):
     with LiveServer(home) as server:
         job = create(server.url, home)
         wait(server.url, job["name"], lambda j: steps_done(home, j) >= 14)
         [child] = server.services.worker.children.values()
         child.proc.send_signal(signal.SIGKILL)
+        while child.proc.poll() is None:
+            time.sleep(0.05)
+        killed_at = steps_trained(home, job)
         done = wait(server.url, job["name"], lambda j: j["state"] in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED"))
     assert done["state"] == "JOB_STATE_SUCCEEDED", done.get("error")
     run = home / "jobs" / job["name"].rsplit("/", 1)[1] / "run"
-    assert [r["step"] for r in mt.read_metrics(run)] == list(range(1, STEPS + 1))
-    assert server.services.store.get_job(job["name"].rsplit("/", 1)[1]).attempts == 2
+    assert_resumed_where_killed(run, killed_at)
+    stored = server.services.store.get_job(job["name"].rsplit("/", 1)[1])
+    assert (stored.attempts, stored.crashes) == (2, 1)
 
 
 def test_server_killed_mid_job_loses_nothing(home):
@@ -100,13 +136,15 @@ def test_server_killed_mid_job_loses_nothing(home):
         server.send_signal(signal.SIGKILL)
         server.wait()
         psutil.wait_procs(children, timeout=10)
+        killed_at = steps_trained(home, running)
+        psutil.wait_procs(children, timeout=10)
         assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
         server = start()
         for job in (running, queued):
             done = wait(url, job["name"], lambda j: j["state"] in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED"))
             assert done["state"] == "JOB_STATE_SUCCEEDED", done.get("error")
-        assert [r["step"] for r in mt.read_metrics(home / "jobs" / running["name"].rsplit("/", 1)[1] / "run")] == \
-            list(range(1, STEPS + 1))
+        assert_resumed_where_killed(home / "jobs" / running["name"].rsplit("/", 1)[1] / "run", killed_at)
+        assert processes(home / "jobs" / queued["name"].rsplit("/", 1)[1] / "run") == [(None, list(range(1, 7)))]
     finally:
         server.kill()
         server.wait()

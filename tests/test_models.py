@@ -114,3 +114,36 @@ def test_real_default_model_converts_once_loads_and_answers(spec):
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
     answer = template.decode(out[0, ids.shape[1]:].tolist())
     assert "Paris" in answer
+
+
+# ---------------------------------------------------------------- names from the network (a server's create route)
+
+def test_resolve_allowed_loads_directories_under_the_roots_only(tmp_path, tiny_model_dir):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "m").symlink_to(tiny_model_dir)  # a link inside a root to a model elsewhere: the target is what counts
+    refused = "is not a base model this server may load"
+    for name in (str(tiny_model_dir), str(root / "m"), "/etc", "/no/such/dir", str(root / ".." / "outside"),
+                 "~", "../x", "./x", "a/b/c", "/etc/x.gguf"):
+        with pytest.raises(ModelNotFoundError) as info:
+            models.resolve_allowed(name, [root], DEFAULT)
+        assert info.value.message == f"baseModel: {name!r} {refused}"  # same words whether or not the path exists
+        assert "/etc" not in info.value.hint and str(outside) not in str(info.value)
+    ok = models.resolve_allowed(str(tiny_model_dir), [tiny_model_dir.parent], DEFAULT)
+    assert ok.kind == "local" and ok.name == str(tiny_model_dir)
+    (root / "notamodel").mkdir()
+    with pytest.raises(ModelNotFoundError, match="notamodel: not a model directory"):  # under a root: the path may show
+        models.resolve_allowed(str(root / "notamodel"), [root], DEFAULT)
+
+
+def test_resolve_allowed_keeps_names_aliases_and_hub_ids(tmp_path, tiny_model_dir, monkeypatch):
+    settings = Settings(default_base_model=str(tiny_model_dir), aliases={"mine": str(tiny_model_dir)})
+    assert models.resolve_allowed("gemini-2.0-flash-001", [], settings).name == str(tiny_model_dir)  # the owner's choice
+    assert models.resolve_allowed("mine", [], settings).name == str(tiny_model_dir)
+    assert models.resolve_allowed(None, [], settings).name == str(tiny_model_dir)
+    assert models.resolve_allowed("smollm2-135m-instruct", [], settings).kind == "gguf"
+    monkeypatch.chdir(tiny_model_dir.parent)  # a relative directory name is never looked up in the start directory
+    assert models.resolve_allowed(f"{tiny_model_dir.name}/x", [], settings).kind == "hub"
+    with pytest.raises(ModelNotFoundError, match=f"unknown base model '{tiny_model_dir.name}'"):
+        models.resolve_allowed(tiny_model_dir.name, [], settings)

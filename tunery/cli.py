@@ -313,7 +313,8 @@ def export_cmd(run_dir, merged_out, checkpoint):
 @click.option("--home", type=click.Path(file_okay=False), help="Jobs, models and caches (default: $TUNERY_HOME or ~/.tunery).")
 @click.option("--api-key", envvar="TUNERY_API_KEY", help="Require this key on every request (Bearer or x-goog-api-key).")
 @click.option("--allow-path", multiple=True, type=click.Path(file_okay=False),
-              help="Another directory datasets may be read from (besides the start directory and the home).")
+              help="Another directory datasets and base models may be read from (besides the home; repeatable). "
+                   "The start directory is not readable unless given here.")
 @click.option("--allow-http-datasets", is_flag=True, help="Accept http(s):// dataset URIs.")
 @click.option("--max-concurrent-jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Tuning jobs run at once.")
 @click.option("--max-loaded-adapters", type=click.IntRange(min=1), default=8, show_default=True, help="Adapters kept in memory (LRU).")
@@ -323,10 +324,13 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_co
               max_request_mb):
     """Run the Vertex AI tuning API server (point the google-genai SDK's base_url at it).
 
+    One server per home: a second one on the same home refuses to start and names the PID of the first.
+
     Example: tunery serve --port 8080 --allow-path ~/datasets
     """
     import uvicorn
 
+    from tunery import locks
     from tunery.api.app import LOOPBACK, ServerSettings, create_app
     from tunery.config import home as default_home
 
@@ -337,6 +341,13 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_co
                               allow_paths=tuple(Path(p).expanduser() for p in allow_path),
                               allow_http_datasets=allow_http_datasets, max_concurrent_jobs=max_concurrent_jobs,
                               max_loaded_adapters=max_loaded_adapters, max_request_bytes=max_request_mb << 20)
+    try:  # held until this process ends (the kernel drops it even on SIGKILL)
+        locks.acquire(settings.home / locks.HOME_LOCK_FILE, f"the tunery home {settings.home}")
+    except locks.Locked as exc:
+        who = f"pid {exc.pid}" if exc.pid else "its pid not written yet"
+        raise TuneryError(f"another tunery server ({who}) is running on the home {settings.home}; two servers "
+                          "on one home would run the same jobs twice",
+                          hint=f"stop it (kill {exc.pid}) or pass another --home" if exc.pid else "pass another --home") from None
     err.print(f"tunery serving the Vertex tuning API on http://{host}:{port} (home {settings.home}; datasets readable "
               f"under {', '.join(map(str, settings.allowed_roots))}); web console: http://{host}:{port}/console")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")

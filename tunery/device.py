@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass
+
+from tunery.errors import ConfigError
 
 log = logging.getLogger("tunery")
 
@@ -52,9 +55,15 @@ def cpu_bf16_speedup() -> float:
 
 @functools.cache
 def pick() -> Runtime:
-    """CUDA with bf16 when present; on CPU, bf16 autocast only if measured faster here."""
+    """CUDA with bf16 when present; on CPU, bf16 autocast only if measured faster here. `TUNERY_PRECISION=float32`
+    or `bfloat16` skips the measurement. A run records what it got in run.json and keeps it when resumed."""
     import torch
 
+    forced = os.environ.get("TUNERY_PRECISION")
+    if forced:
+        if forced not in ("float32", "bfloat16"):
+            raise ConfigError("TUNERY_PRECISION", f"expected float32 or bfloat16, found {forced!r}")
+        return Runtime("cuda" if torch.cuda.is_available() else "cpu", None if forced == "float32" else forced)
     if torch.cuda.is_available():
         return Runtime("cuda", "bfloat16" if torch.cuda.is_bf16_supported() else None)
     speedup = cpu_bf16_speedup()

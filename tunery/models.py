@@ -104,6 +104,49 @@ def resolve(name: str | None = None, settings: Settings | None = None) -> BaseMo
     return replace(spec, requested=requested) if requested and requested != spec.name else spec
 
 
+def resolve_allowed(name: str | None, roots: list[Path], settings: Settings | None = None) -> BaseModelSpec:
+    """resolve() for a name that came over the network (a create request's baseModel). Allowed: registry names,
+    Gemini names and config.toml aliases (the server owner's choices, wherever they point), hub ids `org/name`, and
+    model directories or .gguf files under `roots` (after symlinks). Anything else is refused with one message that
+    is the same whether or not the path exists and names no path outside the roots. Relative paths are refused: the
+    server's start directory is not a root."""
+    settings = settings or load_settings()
+    target = _strip_resource(name) if name else settings.default_base_model
+    if (name is None or target in REGISTRY or target in settings.aliases or target in GEMINI_ALIASES
+            or target.startswith("gemini-")):
+        return resolve(name, settings)
+    if target.startswith(("/", "~", ".")) or target.endswith(".gguf") or "\\" in target or target.count("/") > 1:
+        real = Path(os.path.realpath(os.path.expanduser(target))) if target.startswith(("/", "~")) else None
+        if real is None or not any(real == r or r in real.parents for r in map(_real, roots)):
+            raise ModelNotFoundError(f"baseModel: {name!r} is not a base model this server may load",
+                                     hint=_ALLOWED_HINT)
+        return resolve(str(real), settings)  # its errors name only paths under the roots
+    if target.count("/") == 1:  # never looked up as a directory relative to the start dir
+        if not _in_hub_cache(target):  # a request thread never waits on the network (none here: a 50 s hang)
+            raise ModelNotFoundError(f"baseModel: hub model {target!r} is not in this server's hub cache",
+                                     hint=f"download it on the server first (hf download {target}), or give the "
+                                          "absolute path of a model directory under an allowed root")
+        return BaseModelSpec(name=target, kind="hub")
+    raise ModelNotFoundError(f"unknown base model {target!r}", hint=_ALLOWED_HINT)
+
+
+_ALLOWED_HINT = (f"use one of: {', '.join(sorted(REGISTRY))}; a Gemini name; an alias from config.toml; a hub id org/name; "
+                 "or the absolute path of a model directory under a directory the server allows (--allow-path)")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _real(root: Path) -> Path:
+    return Path(os.path.realpath(root))
+
+
 _LOGGED: set[tuple] = set()
 
 

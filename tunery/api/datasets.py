@@ -42,7 +42,8 @@ def resolve(uri: str, field: str, allowed_roots: list[Path], allow_http: bool) -
 
 
 def fetch(uri: str, dest_dir: Path) -> str:
-    """A local path for the tuning process: remote URIs are copied into the job's directory first."""
+    """A local path for the tuning process: remote URIs are copied into `dest_dir` first (give each dataset of a
+    job its own folder: a train and a validation file may share a basename)."""
     scheme = urlparse(uri).scheme.lower()
     if scheme not in REMOTE_SCHEMES and scheme not in ("http", "https"):
         return uri
@@ -50,7 +51,11 @@ def fetch(uri: str, dest_dir: Path) -> str:
 
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / (Path(urlparse(uri).path).name or "dataset.jsonl")
-    with fsspec.open(uri, "rb") as src, open(target, "wb") as out:
+    tmp = target.with_name(f".{target.name}.part")  # a killed copy never passes for the dataset
+    with fsspec.open(uri, "rb") as src, open(tmp, "wb") as out:
         while block := src.read(1 << 20):
             out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, target)
     return str(target)

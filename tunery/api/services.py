@@ -5,7 +5,7 @@ Routes import this module, never `app.py`, so the app can import the routes at m
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -20,22 +20,22 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """How a server runs. Dataset files are read only under `allowed_roots`."""
+    """How a server runs. Dataset files (and base-model directories) are read only under `allowed_roots`: the home
+    and each `--allow-path`, never implicitly the directory the server was started in."""
 
     home: Path
     api_key: str | None = None  # when set, every route requires it (Bearer token or x-goog-api-key)
-    allow_paths: tuple[Path, ...] = ()  # extra roots besides the start directory and the home
+    allow_paths: tuple[Path, ...] = ()  # roots besides the home (--allow-path)
     allow_http_datasets: bool = False
     max_concurrent_jobs: int = 1  # Vertex's concurrent-tuning-job quota
     max_loaded_adapters: int = DEFAULT_MAX_ADAPTERS
     validate_on_create_bytes: int = 8 << 20  # datasets this small are validated before create returns
     max_request_bytes: int = 32 << 20  # larger request bodies get 413
     start_worker: bool = True
-    cwd: Path = field(default_factory=Path.cwd)
 
     @property
     def allowed_roots(self) -> list[Path]:
-        return [Path(os.path.realpath(p)) for p in (self.cwd, self.home, *self.allow_paths)]
+        return [Path(os.path.realpath(p)) for p in (self.home, *self.allow_paths)]
 
 
 @dataclass

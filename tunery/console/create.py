@@ -145,7 +145,7 @@ def _check(request: Request, form: dict) -> dict:
     paths = {kind: datasets.resolve(form[f"{kind}_path"], label, settings.allowed_roots, settings.allow_http_datasets)
              for kind, label in (("train", "Training dataset"), ("validation", "Validation dataset"))
              if form[f"{kind}_path"]}
-    spec = models.resolve(form["base_model"] or None)
+    spec = models.resolve_allowed(form["base_model"] or None, settings.allowed_roots)
     if any(not Path(p).is_file() for p in paths.values()):
         return {"valid": True, "remote": True, "base": spec.name}
     report = validate(paths["train"], paths.get("validation"), template=models.load_template(spec),

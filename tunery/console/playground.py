@@ -63,7 +63,7 @@ def generate(request: Request, body: dict = Body(...)) -> Response:
     kind, _, name = target.partition(":")
     method = "streamGenerateContent"
     if kind == "base" and name:
-        return generation.call(svc(request), method, generation.base_target(name), request_body)
+        return generation.call(svc(request), method, generation.base_target(svc(request), name), request_body)
     if kind == "endpoint" and name:
         return generation.call(svc(request), method, generation.endpoint_target(svc(request), name), request_body)
     raise ApiError(400, f"Model: expected base:NAME or endpoint:ID, found {target!r}")

@@ -26,14 +26,11 @@ CURVE_NAMES = (tm.TRAIN_LOSS, tm.TRAIN_ACCURACY, tm.EVAL_LOSS, tm.EVAL_ACCURACY)
 
 def read_curves(run_dir: str | Path) -> dict[str, list[list[float]]]:
     """{metric name: [[step, value], ...]} from a run's metrics.jsonl (Vertex names)."""
-    path = Path(run_dir) / tm.METRICS_FILE
     curves: dict[str, list[list[float]]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            for name in CURVE_NAMES:
-                if name in row:
-                    curves.setdefault(name, []).append([row["step"], row[name]])
+    for row in tm.read_metrics(run_dir):  # skips a torn last line (a run killed mid-write)
+        for name in CURVE_NAMES:
+            if name in row:
+                curves.setdefault(name, []).append([row["step"], row[name]])
     return curves
 
 

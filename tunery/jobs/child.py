@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import signal
 import sys
 import traceback
 from pathlib import Path
 
+from tunery import locks
 from tunery.config import TuningConfig
 from tunery.errors import ConfigError, DatasetError, TrainingError, TuneryError
 from tunery.jobs import states
@@ -22,6 +24,9 @@ from tunery.train import checkpoints as ck
 from tunery.train.checkpoints import write_json
 
 JOB_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "job.json", "progress.json", "result.json", "log.txt"
+LOCKED_EXIT = 75  # EX_TEMPFAIL: another process (an old child the worker no longer knows) holds the job; try later
+PARENT_ENV = "TUNERY_PARENT_PID"  # the worker's PID, to catch a parent that died before PR_SET_PDEATHSIG took effect
+SAVE_INTERVAL_ENV = "TUNERY_SAVE_INTERVAL_SECONDS"  # the server's resume-state cadence (default 60 s)
 RUN_SUBDIR = "run"  # the train() output directory inside the job directory
 EVAL_DIR, EVAL_REPORT, EVAL_ERROR = "evaluation", "report.json", "error.json"
 # google.rpc.Code values used in job errors
@@ -29,11 +34,26 @@ INVALID_ARGUMENT, RESOURCE_EXHAUSTED, INTERNAL = 3, 8, 13
 
 
 def _die_with_parent() -> None:
-    """Linux: get SIGKILL when the server process dies, so no tuning outlives it (the next server resumes it)."""
+    """Linux: get SIGKILL when the server process dies, so no tuning outlives it (the next server resumes it).
+    A server that died before the prctl call would never send it: then we are orphaned already, and stop."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    parent = os.environ.get(PARENT_ENV)
+    if parent and os.getppid() != int(parent):
+        sys.exit(LOCKED_EXIT)
+
+
+def main(run_dir: Path) -> int:
+    """Hold the job directory for the whole process, then run. A second process on the same job exits at once
+    with LOCKED_EXIT and touches nothing."""
+    try:
+        locks.acquire(run_dir / locks.LOCK_FILE, f"job directory {run_dir}")  # released when this process ends
+    except locks.Locked as exc:
+        print(f"tunery child: {exc}", file=sys.stderr, flush=True)
+        return LOCKED_EXIT
+    return run(run_dir)
 
 
 def run(run_dir: Path) -> int:
@@ -45,7 +65,9 @@ def run(run_dir: Path) -> int:
     fields = dict(spec["config"])
     for key in ("train", "validation"):  # gs://, s3:// and http(s) datasets are copied into the job directory
         if fields.get(key):
-            fields[key] = fetch(fields[key], run_dir / "data")
+            fields[key] = fetch(fields[key], run_dir / "data" / key)  # one folder each: basenames may be equal
+    if os.environ.get(SAVE_INTERVAL_ENV):
+        fields["save_interval_seconds"] = float(os.environ[SAVE_INTERVAL_ENV])
     cfg = TuningConfig(**fields, output=str(run_dir / RUN_SUBDIR))
     progress: dict = {"detail": states.PROCESSING_DATASET}
 
@@ -101,7 +123,7 @@ def _evaluate(run_dir: Path, ev: dict, base_model: str, adapter: str, label: str
     out = run_dir / EVAL_DIR
     try:
         spec = models.resolve(base_model)
-        data = fetch(ev["dataset"], run_dir / "data")
+        data = fetch(ev["dataset"], run_dir / "data" / "evaluation")
         evaluation = er.run(data, {"base": er.Target(spec.name, spec), "tuned": er.Target(label, spec, adapter)},
                             ev.get("task"), ev.get("limit"), max_output_tokens=ev.get("max_output_tokens", 256),
                             temperature=ev.get("temperature", 0.0))
@@ -130,4 +152,4 @@ def evaluation_status(run_dir: Path) -> dict:
 
 if __name__ == "__main__":
     _die_with_parent()
-    sys.exit(run(Path(sys.argv[1])))
+    sys.exit(main(Path(sys.argv[1])))

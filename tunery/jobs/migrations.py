@@ -61,7 +61,14 @@ def m001_jobs_models_endpoints(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m002_endpoint_deployment_experiments_operations(db: sqlite3.Connection) -> None:
+def m002_job_crashes(db: sqlite3.Connection) -> None:
+    # attempts counts launches; crashes counts tuning processes that died without a result (server restarts are
+    # neither): only crashes can fail a job
+    _run(db, "ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
+
+
+@migration
+def m003_endpoint_deployment_experiments_operations(db: sqlite3.Connection) -> None:
     """Endpoints can be undeployed (kept, serving nothing) and deleted on their own; a job's Vertex Experiment
     context and its run context can be deleted (the metrics stay with the job); long-running operations are kept
     so `operations.get` answers for them."""

@@ -53,7 +53,8 @@ class Job:
     metadata: dict | None
     run_dir: str
     model_id: str | None
-    attempts: int
+    attempts: int  # tuning processes started for this job
+    crashes: int  # of those, how many died without a result (server restarts do not count)
     experiment_deleted: int = 0  # EXPERIMENT_LIVE, RUN_CONTEXT_DELETED or EXPERIMENT_DELETED
 
     @property
@@ -115,8 +116,9 @@ def _model(row: sqlite3.Row) -> Model:
 class Store:
     """Thread-safe access to tunery.db: one connection per thread, autocommit outside explicit transactions."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout: float = 30.0) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout  # seconds a write waits for another writer before "database is locked"
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         db = self._db()
@@ -126,10 +128,10 @@ class Store:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout, check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA busy_timeout=30000")
+            db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             self._local.db = db
         return db
 
@@ -178,7 +180,8 @@ class Store:
         return [_job(r) for r in rows]
 
     def transition(self, job_id: str, target: str, *, detail: str | None = None, error: dict | None = None,
-                   started: bool = False, ended: bool = False, attempt: bool = False, model_id: str | None = None) -> Job:
+                   started: bool = False, ended: bool = False, attempt: bool = False, crash: bool = False,
+                   model_id: str | None = None) -> Job:
         """Move a job to `target` if the table allows it; timestamps and fields change in the same transaction."""
         with self._tx() as db:
             row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -198,11 +201,30 @@ class Store:
                 args.append(ts)
             if attempt:
                 sets.append("attempts = attempts + 1")
+            if crash:
+                sets.append("crashes = crashes + 1")
             if model_id is not None:
                 sets.append("model_id = ?")
                 args.append(model_id)
             db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
         return self.get_job(job_id)  # type: ignore[return-value]
+
+    def request_cancel(self, job_id: str, error: dict) -> str:
+        """Cancel whatever state the job is in right now, in one transaction (the worker may be moving it from
+        PENDING to RUNNING at the same moment): PENDING -> CANCELLED, RUNNING -> CANCELLING, CANCELLING stays.
+        Returns the state found; an ended job is left as it is. KeyError if there is no such job."""
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(job_id)
+            found, ts = row["state"], now()
+            if found == states.PENDING:
+                db.execute("UPDATE jobs SET state = ?, detail_state = NULL, error = ?, update_time = ?, end_time = ?"
+                           " WHERE id = ?", (states.CANCELLED, json.dumps(error), ts, ts, job_id))
+            elif found == states.RUNNING:
+                db.execute("UPDATE jobs SET state = ?, detail_state = NULL, update_time = ? WHERE id = ?",
+                           (states.CANCELLING, ts, job_id))
+        return found
 
     def update_progress(self, job_id: str, *, detail: str | None = None, stats: dict | None = None,
                         metadata: dict | None = None) -> None:

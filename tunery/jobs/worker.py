@@ -1,8 +1,10 @@
 """The worker: a thread in the server that runs queued jobs in child processes, at most `max_concurrent` at once.
 
 Each tick it (1) reaps finished children and records their outcome, (2) stops children of cancelled jobs,
-(3) starts queued jobs while there is quota. A child that dies without a result is requeued (up to MAX_ATTEMPTS)
-and resumes from its last complete checkpoint. On start, jobs a previous server left RUNNING are requeued.
+(3) starts queued jobs while there is quota. A child that dies without a result is requeued (a job fails after
+MAX_ATTEMPTS such crashes) and resumes from its last complete state. On start, jobs a previous server left RUNNING
+are requeued; that is not a crash. A job whose directory is still held by a process (an old child of a killed
+server, not yet dead) waits in the queue until that process is gone: one writer per job, by the job's lock file.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunery import locks
 from tunery.jobs import states
-from tunery.jobs.child import JOB_FILE, LOG_FILE, PROGRESS_FILE, RESULT_FILE
+from tunery.jobs.child import JOB_FILE, LOCKED_EXIT, LOG_FILE, PARENT_ENV, PROGRESS_FILE, RESULT_FILE
 from tunery.jobs.store import Job, Store
 from tunery.train.checkpoints import write_json
 
 log = logging.getLogger("tunery")
-MAX_ATTEMPTS = 3  # a job whose process dies this many times fails
+MAX_ATTEMPTS = 3  # a job whose tuning process crashes this many times fails (server restarts do not count)
+MAX_CRASHES_ENV = "TUNERY_MAX_JOB_CRASHES"  # overrides MAX_ATTEMPTS (the chaos test kills each job many times)
 CANCEL_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL after this long
 CANCELLED_ERROR = {"code": 1, "message": "CANCELED"}
 
@@ -41,7 +45,10 @@ class Worker:
     store: Store
     max_concurrent: int = 1
     poll_seconds: float = 0.25
+    python: str = sys.executable  # the interpreter that runs `-m tunery.jobs.child`
+    max_crashes: int = field(default_factory=lambda: int(os.environ.get(MAX_CRASHES_ENV) or MAX_ATTEMPTS))
     children: dict[str, _Child] = field(default_factory=dict)
+    _held: set[str] = field(default_factory=set)  # jobs waiting for an old process to let go (logged once)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -67,8 +74,8 @@ class Worker:
     def recover(self) -> None:
         """Requeue what a previous server left running; finish cancellations it left half done."""
         for job in self.store.jobs_in(states.RUNNING):
-            self.store.transition(job.id, states.PENDING, detail=states.WAITING_FOR_QUOTA)
-            log.info("job %s was running when the server stopped: requeued (it resumes from its last checkpoint)", job.id)
+            self.store.transition(job.id, states.PENDING, detail=states.WAITING_FOR_QUOTA)  # not a crash
+            log.info("job %s was running when the server stopped: requeued (it resumes from its last saved state)", job.id)
         for job in self.store.jobs_in(states.CANCELLING):
             self.store.transition(job.id, states.CANCELLED, error=CANCELLED_ERROR, ended=True)
 
@@ -94,25 +101,31 @@ class Worker:
             if code is None:
                 self._progress(job, child.run_dir)
                 continue
-            del self.children[job_id]
-            result = _read(child.run_dir / RESULT_FILE)
-            if job.state == states.CANCELLING:
-                self.store.transition(job_id, states.CANCELLED, error=CANCELLED_ERROR, ended=True)
-            elif result and result["status"] == "succeeded":
-                meta = {"completedEpochCount": result["epochs"], "completedStepCount": result["steps"]}
-                if result.get("stats"):
-                    self.store.update_progress(job_id, stats=result["stats"])
-                self.store.finish_job(job, result["base_model"], result["adapter"], result["checkpoints"], meta)
-            elif result:
-                self.store.transition(job_id, states.FAILED, error=result["error"], ended=True)
-            elif job.attempts < MAX_ATTEMPTS:
-                log.warning("job %s: tuning process exited with code %s; requeued (attempt %d of %d)",
-                            job_id, code, job.attempts + 1, MAX_ATTEMPTS)
-                self.store.transition(job_id, states.PENDING, detail=states.WAITING_FOR_QUOTA)
-            else:
-                self.store.transition(job_id, states.FAILED, ended=True, error={
-                    "code": 13, "message": f"the tuning process exited with code {code} {job.attempts} times; "
-                                           f"see {child.run_dir / LOG_FILE}"})
+            self._record_exit(job, child, code)
+            del self.children[job_id]  # only once the outcome is in the store: a failed write is retried next tick
+
+    def _record_exit(self, job: Job, child: _Child, code: int) -> None:
+        result = _read(child.run_dir / RESULT_FILE)
+        if job.state == states.CANCELLING:
+            self.store.transition(job.id, states.CANCELLED, error=CANCELLED_ERROR, ended=True)
+        elif result and result["status"] == "succeeded":
+            meta = {"completedEpochCount": result["epochs"], "completedStepCount": result["steps"]}
+            if result.get("stats"):
+                self.store.update_progress(job.id, stats=result["stats"])
+            self.store.finish_job(job, result["base_model"], result["adapter"], result["checkpoints"], meta)
+        elif result:
+            self.store.transition(job.id, states.FAILED, error=result["error"], ended=True)
+        elif code == LOCKED_EXIT:  # it found the job held by another process and did nothing: not a crash
+            log.warning("job %s: its directory is held by another process; requeued", job.id)
+            self.store.transition(job.id, states.PENDING, detail=states.WAITING_FOR_QUOTA)
+        elif job.crashes + 1 < self.max_crashes:
+            log.warning("job %s: the tuning process %s; requeued (crash %d of %d allowed)",
+                        job.id, _how(code), job.crashes + 1, self.max_crashes - 1)
+            self.store.transition(job.id, states.PENDING, detail=states.WAITING_FOR_QUOTA, crash=True)
+        else:
+            self.store.transition(job.id, states.FAILED, ended=True, crash=True, error={
+                "code": 13, "message": f"the tuning process crashed {job.crashes + 1} times (the last one {_how(code)}), "
+                                       f"each time resuming from its last saved state; see {child.run_dir / LOG_FILE}"})
 
     def _progress(self, job: Job, run_dir: Path) -> None:
         p = _read(run_dir / PROGRESS_FILE)
@@ -135,21 +148,50 @@ class Worker:
         for job in self.store.jobs_in(states.PENDING):
             if len(self.children) >= self.max_concurrent:
                 return
+            holder = locks.holder(Path(job.run_dir) / locks.LOCK_FILE)
+            if holder is not None:  # an old child (of a server that was killed) still runs this job: wait for it
+                if job.id not in self._held:
+                    log.info("job %s waits: its directory is still held by process %s", job.id, holder)
+                    self._held.add(job.id)
+                continue
+            self._held.discard(job.id)
             self._launch(job)
 
     def _launch(self, job: Job) -> None:
+        """Claim the job (PENDING -> RUNNING), then start its process. A job cancelled meanwhile is skipped; a
+        process that cannot start fails the job with the reason, so no job stays RUNNING without a process."""
+        try:
+            job = self.store.transition(job.id, states.RUNNING, detail=states.PROCESSING_DATASET, started=True,
+                                        attempt=True)
+        except states.IllegalTransition:  # cancelled between the queue read and the claim
+            return
         run_dir = Path(job.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RESULT_FILE).unlink(missing_ok=True)
-        write_json(run_dir / JOB_FILE, {"job": job.name, "config": job.request["_config"],
-                                        "evaluation": job.request.get("_evaluation")})
-        job = self.store.transition(job.id, states.RUNNING, detail=states.PROCESSING_DATASET, started=True, attempt=True)
-        log_file = open(run_dir / LOG_FILE, "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "tunery.jobs.child", str(run_dir)], stdout=log_file,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        log_file.close()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / RESULT_FILE).unlink(missing_ok=True)
+            write_json(run_dir / JOB_FILE, {"job": job.name, "config": job.request["_config"],
+                                            "evaluation": job.request.get("_evaluation")})
+            with open(run_dir / LOG_FILE, "ab") as log_file:
+                proc = subprocess.Popen([self.python, "-m", "tunery.jobs.child", str(run_dir)], stdout=log_file,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())})
+        except OSError as exc:
+            log.error("job %s: could not start its tuning process: %s", job.id, exc)
+            self.store.transition(job.id, states.FAILED, ended=True, error={
+                "code": 13, "message": f"could not start the tuning process: {exc}"})
+            return
         self.children[job.id] = _Child(proc, run_dir)
         log.info("job %s started (pid %d, attempt %d)", job.id, proc.pid, job.attempts)
+
+
+def _how(code: int) -> str:
+    """How a process ended, in words: 'was killed by SIGKILL' or 'exited with code 2'."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 def _read(path: Path) -> dict | None:

@@ -51,22 +51,30 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(final: Path, write: Callable[[Path], None]) -> Path:
-    """Build `final` via a temp dir: write, fsync, rename, then mark COMPLETE (and fsync that too)."""
+def write_atomically(final: Path, write: Callable[[Path], None], crash: Callable[[str], None] | None = None) -> Path:
+    """Build `final` via a temp dir: write, mark COMPLETE, fsync, then one rename is the commit point. A directory
+    `final` replaces is moved aside first and removed after. `crash(point)` is the fault-injection hook of the
+    reliability tests ("written": before the rename, "renamed": after it)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    old = None
     try:
         write(tmp)
+        (tmp / COMPLETE).write_text("ok\n")
         _fsync_tree(tmp)
+        if crash:
+            crash("written")
         if final.exists():
-            shutil.rmtree(final)
+            old = Path(tempfile.mkdtemp(prefix=f".tmp-old-{final.name}-", dir=final.parent))
+            os.replace(final, old / final.name)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
-        (final / COMPLETE).write_text("ok\n")
-        with open(final / COMPLETE, "rb") as f:
-            os.fsync(f.fileno())
+        if crash:
+            crash("renamed")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -96,8 +104,10 @@ def clean_incomplete(run_dir: Path) -> None:
 
 # ---------------------------------------------------------------- resume state
 
-def save_state(run_dir: Path, model, optimizer, step: int, extra: dict) -> Path:
-    """Everything needed to continue: LoRA weights, optimizer tensors, RNG, step. Older states are removed."""
+def save_state(run_dir: Path, model, optimizer, step: int, extra: dict,
+               crash: Callable[[str], None] | None = None) -> Path:
+    """Everything needed to continue: LoRA weights, optimizer tensors, RNG, step, and in `extra` the checkpoint ids
+    exported so far. Older states are removed only once this one is in place."""
     import torch
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -111,7 +121,7 @@ def save_state(run_dir: Path, model, optimizer, step: int, extra: dict) -> Path:
         save_file(tensors, tmp / "optimizer.safetensors")
         (tmp / "state.json").write_text(json.dumps({"step": step, "param_groups": sd["param_groups"], **extra}, indent=1))
 
-    path = write_atomically(run_dir / f"{STATE_PREFIX}{step:08d}", write)
+    path = write_atomically(run_dir / f"{STATE_PREFIX}{step:08d}", write, crash)
     for old in run_dir.glob(f"{STATE_PREFIX}*"):
         if old != path:
             shutil.rmtree(old, ignore_errors=True)
@@ -143,14 +153,29 @@ def load_state(path: Path, model, optimizer) -> dict:
 
 # ---------------------------------------------------------------- exported checkpoints and merge
 
-def save_checkpoint(run_dir: Path, index: int, model, manifest: dict) -> Path:
+def checkpoint_ids(exports: dict[int, int]) -> dict[int, str]:
+    """{step: checkpoint id}: ids 1..K in step order of the Vertex schedule. Derived from the step, never from what
+    is on disk, so a resumed run that exports a step again writes the same id (idempotent), never a new one."""
+    return {step: str(k) for k, step in enumerate(sorted(exports), start=1)}
+
+
+def save_checkpoint(run_dir: Path, checkpoint_id: str, model, manifest: dict,
+                    crash: Callable[[str], None] | None = None) -> Path:
     """A PEFT adapter directory (adapter_config.json, adapter_model.safetensors) plus manifest.json."""
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
-    return write_atomically(run_dir / CHECKPOINTS_DIR / f"checkpoint-{index}", write)
+    return write_atomically(run_dir / CHECKPOINTS_DIR / f"checkpoint-{checkpoint_id}", write, crash)
+
+
+def keep_checkpoints(run_dir: Path, ids: list[str]) -> None:
+    """On resume: remove exported checkpoints the resume state does not list (written after it, by a run killed
+    before its state was saved). The resumed run exports them again, under the same ids."""
+    for path in (run_dir / CHECKPOINTS_DIR).glob("checkpoint-*"):
+        if path.name.split("-", 1)[1] not in ids:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:

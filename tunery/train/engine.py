@@ -1,7 +1,9 @@
 """One supervised LoRA tuning run, top to bottom: spec -> data -> render -> model + LoRA -> loop -> artifacts.
 
 Run directory (`--output`):
-    run.json                what this run is (base model, template, datasets, hyperparameters); resume checks it
+    run.json                what this run is (base model, template, datasets, hyperparameters; precision and threads,
+                            measured once and kept on resume); resume checks it
+    trained.jsonl           append-only: one line per optimizer step trained, by every process that ran (never rewritten)
     metrics.jsonl, events/  Vertex metric names per step (JSON lines and TensorBoard)
     state-XXXXXXXX/         latest resume state (adapter, optimizer, RNG, step); crash-safe
     checkpoints/checkpoint-K/  exported PEFT adapters with manifest.json (Vertex cadence)
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunery import models
+from tunery import faults, locks, models
 from tunery.config import TuningConfig, default_epochs
 from tunery.data.formats import parse
 from tunery.data.jsonl import read_records
@@ -41,6 +43,7 @@ from tunery.train import metrics as mt
 log = logging.getLogger("tunery")
 WARMUP_FRACTION = 0.05  # of all steps, linear warmup; then linear decay to zero
 EVALS_PER_RUN = 5  # validation passes spread over the run, the last at the final step (each is a full pass)
+TRAINED_LOG = "trained.jsonl"  # append-only record of every step trained (what the resume tests read)
 
 Event = dict[str, Any]
 
@@ -232,9 +235,7 @@ def _train_step(model, optimizer, trainable, rows: list[Rendered], pad_id: int, 
 
 def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) -> RunResult:
     """Run (or resume) one tuning job. Raises TuneryError subclasses for anything the user can fix.
-    Under torchrun every rank runs this; rank 0 writes the run directory and reports events."""
-    import torch
-
+    Under torchrun every rank runs this; rank 0 writes the run directory (holding its lock) and reports events."""
     dist = distributed.init()
     emit = (on_event or (lambda e: None)) if dist.is_main else (lambda e: None)
     out = Path(cfg.output)
@@ -245,18 +246,33 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
     emit({"event": "validating"})
     plan = _prepare(cfg, template, max_length)
     emit({"event": "dataset", "stats": plan.stats})
-    total = plan.total
-    eval_every = max(1, math.ceil(total / EVALS_PER_RUN))
 
     # 2. the run directory: fresh, resumed, or already finished
     identity = _identity(cfg, spec, template, plan.epochs, len(plan.train_rows), len(plan.val_rows))
+    lock = locks.acquire(out / locks.LOCK_FILE, f"run directory {out}") if dist.is_main else None  # one writer
+    try:
+        return _train_locked(cfg, out, identity, spec, plan, template, dist, emit)
+    finally:
+        if lock is not None:
+            locks.release(lock)
+
+
+def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Plan, template: ChatTemplate, dist: Dist,
+                  emit: Callable[[Event], None]) -> RunResult:
+    """Steps 2 to 5 of train(), with the run directory's lock held."""
+    import torch
+
+    total = plan.total
+    ids = ck.checkpoint_ids(plan.exports)  # {step: checkpoint id}, 1..K in Vertex cadence
+    eval_every = max(1, math.ceil(total / EVALS_PER_RUN))
     if (done := _open_run_dir(out, identity, dist)) is not None:
         emit({"event": "already_complete", "steps": done.steps})
         return done
 
     # 3. model + LoRA + optimizer, restored from the last complete state if there is one
-    runtime = pick()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    recorded = json.loads((out / ck.RUN_FILE).read_text())["runtime"]  # measured when the run began, kept on resume
+    runtime = Runtime(recorded["device"], None if recorded["precision"] == "float32" else recorded["precision"])
+    torch.set_num_threads(recorded["threads"])
     base = models.load_model_fresh(spec)
     attention.use_for_training(base)  # right-padded batches: causal attention without a mask, fastest kernel by length
     model = _attach_lora(base, cfg.adapter_size, cfg.seed).to(runtime.device)
@@ -267,11 +283,16 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.peak_learning_rate, weight_decay=0.0)
-    step, resumed = 0, None
+    step, resumed, exported = 0, None, []
     if (state := ck.latest_state(out)) is not None:
-        step = resumed = ck.load_state(state, model, optimizer)["step"]
+        meta = ck.load_state(state, model, optimizer)
+        step = resumed = meta["step"]
+        exported = meta.get("checkpoints", [i for s, i in ids.items() if s <= step])
         log.info("resuming %s from step %d of %d", out, step, total)
+    if dist.is_main:
+        ck.keep_checkpoints(out, exported)  # the ones written after this state are exported again, same ids
     log_ = mt.MetricsLog(out, step) if dist.is_main else None
+    trained = open(out / TRAINED_LOG, "a", encoding="utf-8") if dist.is_main else None
     pad_id, lengths = template.end_id, [len(r.input_ids) for r in plan.train_rows]
     emit({"event": "start", "total_steps": total, "epochs": plan.epochs, "resumed_from": resumed,
           "examples": len(plan.train_rows), "device": runtime.device, "processes": dist.world,
@@ -280,6 +301,7 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
     # 4. the loop
     last_save = time.monotonic()
     checkpoints = [_ckpt_record(p) for p in ck.complete_checkpoints(out)]
+    crash = lambda where: faults.point(out, where, step)  # noqa: E731  (fault injection; off outside tests)
     last = dict(checkpoints[-1]["metrics"]) if checkpoints else {}
     order: tuple[int, list[list[int]]] = (-1, [])
     try:
@@ -292,6 +314,7 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
             rows = [plan.train_rows[i] for i in order[1][index]]
             last = _train_step(model, optimizer, trainable, rows, pad_id, runtime, dist, step)
             step += 1
+            crash("step")
             if plan.val_rows and (step % eval_every == 0 or step == total):
                 model.eval()
                 last |= evaluate(model, plan.val_rows, cfg.batch_size, pad_id, runtime, dist)
@@ -301,19 +324,26 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
             if not dist.is_main:
                 continue
             log_.write(step, epoch_f, last)
+            trained.write(json.dumps({"step": step, "pid": os.getpid(), "resumed_from": resumed}) + "\n")
+            trained.flush()
+            crash("metrics")
             if step in plan.exports:
                 manifest = {**identity, "step": step, "epoch": plan.exports[step], "metrics": last,
-                            "checkpoint_id": str(len(checkpoints) + 1)}
-                checkpoints.append(_ckpt_record(ck.save_checkpoint(out, len(checkpoints) + 1, model, manifest)))
+                            "checkpoint_id": ids[step]}
+                path = ck.save_checkpoint(out, ids[step], model, manifest, lambda w: crash(f"checkpoint.{w}"))
+                checkpoints.append(_ckpt_record(path))
                 emit({"event": "checkpoint", **checkpoints[-1]})
             if step in plan.exports or step == total or time.monotonic() - last_save >= cfg.save_interval_seconds:
-                ck.save_state(out, model, optimizer, step, {"epoch": epoch_f})
+                # after the checkpoint, and naming it: a kill in between resumes before the export and redoes it
+                ck.save_state(out, model, optimizer, step, {"epoch": epoch_f, "checkpoints": [c["checkpointId"] for c in checkpoints]},
+                              lambda w: crash(f"state.{w}"))
                 last_save = time.monotonic()
     except torch.OutOfMemoryError as exc:
         raise TrainingError(f"out of memory at step {step + 1}", hint="lower --batch-size or --max-length") from exc
     finally:
         if log_ is not None:
             log_.close()
+            trained.close()
 
     # 5. artifacts: the final adapter and the run manifest
     result = RunResult(out, total, plan.epochs, last, checkpoints, resumed)
@@ -323,7 +353,7 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
         ck.write_json(out / ck.MANIFEST, {**identity, "steps": total, "epochs": plan.epochs, "metrics": last,
                                           "checkpoints": checkpoints, "adapter": str(out / ck.ADAPTER_DIR),
                                           "precision": runtime.autocast or "float32", "device": runtime.device,
-                                          "processes": dist.world})
+                                          "threads": recorded["threads"], "processes": dist.world})
     dist.barrier()
     distributed.shutdown(dist)
     emit({"event": "done", "steps": total})
@@ -331,15 +361,24 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
 
 
 def _open_run_dir(out: Path, identity: dict, dist: Dist) -> RunResult | None:
-    """Check the directory may be (re)used; a finished run is returned as it is. Rank 0 prepares it."""
+    """Check the directory may be (re)used; a finished run is returned as it is. Rank 0 prepares it and records
+    the runtime (device, bf16 or fp32, threads) the first time: a resumed run keeps it rather than measuring afresh,
+    since a different precision or thread count would not continue the same computation."""
+    runtime = None
     if out.is_dir():
         _check_resumable(out, identity)
         if (out / ck.MANIFEST).is_file() and ck.is_complete(out / ck.ADAPTER_DIR):
             done = json.loads((out / ck.MANIFEST).read_text())
             return RunResult(out, done["steps"], done["epochs"], done["metrics"], done["checkpoints"])
+        if (out / ck.RUN_FILE).is_file():
+            runtime = json.loads((out / ck.RUN_FILE).read_text()).get("runtime")
     if dist.is_main:
+        if runtime is None:
+            picked = pick()
+            runtime = {"device": picked.device, "precision": picked.autocast or "float32",
+                       "threads": max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))}
         out.mkdir(parents=True, exist_ok=True)
-        ck.write_json(out / ck.RUN_FILE, identity)
+        ck.write_json(out / ck.RUN_FILE, {**identity, "runtime": runtime})
         ck.clean_incomplete(out)
     dist.barrier()
     return None

@@ -6,6 +6,7 @@ TensorBoard does not allow in a tag ("train_total_loss")."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,11 +21,20 @@ EVENTS_DIR = "events"
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Every record of a run's metrics.jsonl, in step order."""
+    """Every record of a run's metrics.jsonl, in step order. A torn last line (a process killed mid-write) is
+    skipped: it is the record of a step whose resume state was never saved, so the step will be trained again."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    records = []
+    for k, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if k != len(lines) - 1:
+                raise
+    return records
 
 
 def series(records: list[dict], name: str) -> tuple[list[int], list[float]]:
@@ -39,7 +49,7 @@ class MetricsLog:
     def __init__(self, run_dir: Path, resume_step: int = 0) -> None:
         self.path = run_dir / METRICS_FILE
         kept = [r for r in read_metrics(run_dir) if r["step"] <= resume_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        _rewrite(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(self.path, "a", encoding="utf-8")
         from tensorboardX import SummaryWriter
 
@@ -55,3 +65,13 @@ class MetricsLog:
     def close(self) -> None:
         self._file.close()
         self._tb.close()
+
+
+def _rewrite(path: Path, text: str) -> None:
+    """Replace a file's content atomically (temp file, fsync, rename): a kill leaves the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -40,9 +40,9 @@ def endpoint_target(svc: Services, endpoint_id: str) -> tuple[models.BaseModelSp
     return models.resolve(model.base_model), adapter, f"{model.name}@1"
 
 
-def base_target(name: str) -> tuple[models.BaseModelSpec, None, str]:
+def base_target(svc: Services, name: str) -> tuple[models.BaseModelSpec, None, str]:
     try:
-        spec = models.resolve(name)
+        spec = models.resolve_allowed(name, svc.settings.allowed_roots)
     except ModelNotFoundError as exc:
         raise ApiError(404, f"publisher model {name} not found: {exc.message}") from exc
     return spec, None, spec.name
@@ -140,7 +140,7 @@ def tuned_model_method(project: str, location: str, model_id: str, method: str, 
 @router.post(PLACE + "/publishers/{publisher}/models/{model}:{method}")
 def publisher_model_method(project: str, location: str, publisher: str, model: str, method: str, svc: Svc,
                            request: Request, body: Any = Body(...)):
-    return call(svc, method, base_target(model), body, sse=_sse(request))
+    return call(svc, method, base_target(svc, model), body, sse=_sse(request))
 
 
 def _base_model_json(name: str, spec: models.BaseModelSpec) -> dict:
@@ -150,8 +150,8 @@ def _base_model_json(name: str, spec: models.BaseModelSpec) -> dict:
 
 @router.get("/publishers/{publisher}/models/{model}")
 @router.get(PLACE + "/publishers/{publisher}/models/{model}")
-def get_base_model(publisher: str, model: str, project: str = "", location: str = "") -> dict:
-    spec, _, _ = base_target(model)
+def get_base_model(publisher: str, model: str, svc: Svc, project: str = "", location: str = "") -> dict:
+    spec, _, _ = base_target(svc, model)
     return _base_model_json(model, spec)
 
 

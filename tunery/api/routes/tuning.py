@@ -68,7 +68,7 @@ def _config(svc: Services, req: wire.CreateTuningJob) -> tuple[dict, str]:
         base = model.base_model
     else:
         base = req.base_model
-    resolved = models.resolve(base)
+    resolved = models.resolve_allowed(base, svc.settings.allowed_roots)
     cfg["base_model"] = resolved.name
     TuningConfig(**cfg, output="-")  # range checks, with the flag named
     _validate_small(svc, cfg, resolved)
@@ -149,13 +149,10 @@ def list_tuning_jobs(project: str, location: str, svc: Svc, pageSize: int | None
 
 @router.post(PLACE + "/tuningJobs/{job_id}:cancel")
 def cancel_tuning_job(project: str, location: str, job_id: str, svc: Svc) -> dict:
-    job = _job_or_404(svc, job_id)
-    if job.state in states.ENDED:
-        raise ApiError(400, f"tuning job {job_id} has already ended ({job.state})", "FAILED_PRECONDITION")
-    if job.state == states.PENDING:
-        svc.store.transition(job_id, states.CANCELLED, error={"code": 1, "message": "CANCELED"}, ended=True)
-    elif job.state == states.RUNNING:
-        svc.store.transition(job_id, states.CANCELLING)
+    _job_or_404(svc, job_id)
+    found = svc.store.request_cancel(job_id, {"code": 1, "message": "CANCELED"})  # one transaction: no race with the worker
+    if found in states.ENDED:
+        raise ApiError(400, f"tuning job {job_id} has already ended ({found})", "FAILED_PRECONDITION")
     return {}
 
 

@@ -1,0 +1,28 @@
+"""A server reads datasets only under its home and each --allow-path: the start directory is not a root."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.helpers import contents, write_jsonl
+from tunery.api import datasets
+from tunery.api.app import ServerSettings
+from tunery.api.errors import ApiError
+
+
+def test_the_start_directory_is_not_an_allowed_root(tmp_path, monkeypatch):
+    home, start, extra = tmp_path / "home", tmp_path / "start", tmp_path / "extra"
+    for d in (home, start, extra):
+        d.mkdir()
+    data = write_jsonl(start / "train.jsonl", [contents(("user", "q"), ("model", "a"))])
+    monkeypatch.chdir(start)
+    settings = ServerSettings(home=home, allow_paths=(extra,))
+    assert settings.allowed_roots == [home.resolve(), extra.resolve()]
+    for uri in (str(data), "train.jsonl", f"file://{data}"):
+        with pytest.raises(ApiError) as info:
+            datasets.resolve(uri, "trainingDatasetUri", settings.allowed_roots, False)
+        assert info.value.http == 403 and "start the server with --allow-path DIR" in info.value.message
+    allowed = ServerSettings(home=home, allow_paths=(start,)).allowed_roots
+    assert datasets.resolve(str(data), "trainingDatasetUri", allowed, False) == os.path.realpath(data)

@@ -1,0 +1,113 @@
+"""Crash consistency of one run directory: a `tune --local` process SIGKILLs itself at a named point (tunery/faults.py)
+and the re-run must continue exactly: checkpoint ids 1..K from the step, no step trained twice in the final metrics,
+precision and threads kept from the first process, a torn metrics line skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import contents, write_jsonl
+from tunery.eval.report import read_curves
+from tunery.train import checkpoints as ck
+from tunery.train import metrics as mt
+
+STEPS = 18  # 24 examples / batch 4 = 6 steps per epoch, 3 epochs; checkpoints at steps 6, 12, 18
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    colours = ["red", "green", "blue", "black", "white", "pink", "grey", "brown"]
+    return write_jsonl(tmp_path / "train.jsonl", [contents(("user", f"Colour {i}: {c}?"), ("model", f"It is {c}."))
+                                                  for i, c in enumerate(colours * 3)])
+
+
+def tune(data: Path, out: Path, model: Path, crash_at: str | None = None, **env: str) -> subprocess.CompletedProcess:
+    """`tunery tune --local` in a child process; with crash_at="POINT STEP" it SIGKILLs itself there."""
+    if crash_at:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "crash-at").write_text(crash_at)
+    cmd = [sys.executable, "-m", "tunery.cli", "tune", "--local", "--train", str(data), "--base-model", str(model),
+           "--epochs", "3", "--batch-size", "4", "--learning-rate", "5e-3", "--save-interval-seconds", "0",
+           "--output", str(out)]
+    return subprocess.run(cmd, env={**os.environ, "TUNERY_FAULTS": "1", **env}, capture_output=True, text=True,
+                          timeout=300)
+
+
+def trained(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "trained.jsonl").read_text().splitlines()]
+
+
+def checkpoint_steps(out: Path) -> dict[str, int]:
+    return {p.name: json.loads((p / "manifest.json").read_text())["step"] for p in ck.complete_checkpoints(out)}
+
+
+def test_kill_between_checkpoint_and_state_neither_renumbers_nor_duplicates(data, tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    first = tune(data, out, tiny_model_dir, crash_at="checkpoint.renamed 6")
+    assert first.returncode == -9
+    assert checkpoint_steps(out) == {"checkpoint-1": 6} and ck.latest_state(out).name == "state-00000005"
+    again = tune(data, out, tiny_model_dir)
+    assert again.returncode == 0, again.stderr
+    assert checkpoint_steps(out) == {"checkpoint-1": 6, "checkpoint-2": 12, "checkpoint-3": 18}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(c["checkpointId"], c["step"]) for c in manifest["checkpoints"]] == [("1", 6), ("2", 12), ("3", 18)]
+    assert [r["step"] for r in mt.read_metrics(out)] == list(range(1, STEPS + 1))
+    log = trained(out)
+    # the first process trained 1..6; the second resumed from the state of step 5 and trained 6..18
+    assert [r["step"] for r in log] == list(range(1, 7)) + list(range(6, STEPS + 1))
+    assert {r["resumed_from"] for r in log[6:]} == {5} and log[0]["pid"] != log[6]["pid"]
+
+
+@pytest.mark.parametrize("point, step, resumed", [("state.written", 7, 6), ("state.renamed", 12, 12),
+                                                  ("checkpoint.written", 12, 11)])
+def test_kill_during_a_state_or_checkpoint_write_resumes_from_the_last_complete_one(data, tmp_path, tiny_model_dir,
+                                                                                   point, step, resumed):
+    out = tmp_path / "run"
+    assert tune(data, out, tiny_model_dir, crash_at=f"{point} {step}").returncode == -9
+    assert list(out.glob(".tmp-*")) or list((out / "checkpoints").glob(".tmp-*")) or point.endswith("renamed")
+    again = tune(data, out, tiny_model_dir)
+    assert again.returncode == 0, again.stderr
+    assert re.search(rf"resuming from step {resumed}\b", again.stderr), again.stderr
+    assert checkpoint_steps(out) == {"checkpoint-1": 6, "checkpoint-2": 12, "checkpoint-3": 18}
+    assert [r["step"] for r in mt.read_metrics(out)] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in trained(out)] == list(range(1, step + 1)) + list(range(resumed + 1, STEPS + 1))
+    assert not list(out.glob(".tmp-*")) and not list((out / "checkpoints").glob(".tmp-*"))
+    assert [p.name for p in out.glob("state-*")] == [f"state-{STEPS:08d}"]
+
+
+def test_precision_and_threads_are_measured_once_and_kept_on_resume(data, tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    assert tune(data, out, tiny_model_dir, crash_at="step 4", TUNERY_PRECISION="bfloat16").returncode == -9
+    runtime = json.loads((out / "run.json").read_text())["runtime"]
+    assert runtime == {"device": "cpu", "precision": "bfloat16", "threads": os.cpu_count()}
+    again = tune(data, out, tiny_model_dir, TUNERY_PRECISION="float32")  # a fresh measurement would say float32
+    assert again.returncode == 0, again.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["precision"], manifest["threads"]) == ("bfloat16", os.cpu_count())
+    assert json.loads((out / "run.json").read_text())["runtime"] == runtime
+
+
+def test_a_torn_last_metrics_line_is_skipped_by_readers_and_resume(data, tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    assert tune(data, out, tiny_model_dir, crash_at="metrics 4").returncode == -9
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "epoch": 0.83, "/train_tot')  # a kill in the middle of a write
+    assert [r["step"] for r in mt.read_metrics(out)] == [1, 2, 3, 4]
+    assert [s for s, _ in read_curves(out)[mt.TRAIN_LOSS]] == [1, 2, 3, 4]
+    again = tune(data, out, tiny_model_dir)
+    assert again.returncode == 0, again.stderr
+    assert [r["step"] for r in mt.read_metrics(out)] == list(range(1, STEPS + 1))
+    assert not (out / ".metrics.jsonl.tmp").exists()
+
+
+def test_a_torn_line_in_the_middle_is_an_error_not_silently_dropped(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "/tr\n{"step": 3}\n')
+    with pytest.raises(json.JSONDecodeError):
+        mt.read_metrics(tmp_path)
