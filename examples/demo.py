@@ -113,7 +113,7 @@ def serve_and_run_notebook() -> tuple[subprocess.Popen, str]:
             except OSError:
                 time.sleep(0.2)
         cmd = [sys.executable, "examples/sft_summarization.py", "--server", url, "--train-examples", "120",
-               "--epochs", "2", "--eval-examples", "10", "--work", str(work)]
+               "--epochs", "2", "--eval-examples", "10", "--poll-seconds", "2", "--keep-resources", "--work", str(work)]
         print(f"$ {' '.join(cmd[1:])}", flush=True)
         code = subprocess.call(cmd, cwd=REPO, env=env)
         if code != 0:

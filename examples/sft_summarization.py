@@ -9,7 +9,8 @@ What differs from the notebook, and nothing else:
   public WikiLingua files are the bundled alert-summary sample in the same formats (legacy `messages` JSONL for
   tuning, an `input_text`/`output_text` CSV for testing).
 - `fig.show()` writes the figure to `loss.html`; `corpus[:100]` takes `--eval-examples`; the polling loop sleeps
-  `--poll-seconds` (the notebook's 10 by default); `--epochs` adds `epoch_count` to the tune call when given.
+  `--poll-seconds` (the notebook's 10 by default); `--epochs` adds `epoch_count` to the tune call when given;
+  `--keep-resources` sets the cleanup cells' `delete_*` flags to False (the demo keeps its tuned endpoint).
 
 Run a server first (`tunery serve --allow-path out`), then: python examples/sft_summarization.py [--server URL]
 """
@@ -33,6 +34,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="epoch_count (default: the server's choice)")
     ap.add_argument("--poll-seconds", type=float, default=10)
     ap.add_argument("--zero-change", action="store_true", help="the literal genai.Client(...); needs `tunery env`")
+    ap.add_argument("--keep-resources", action="store_true",
+                    help="set the cleanup cells' delete_experiments/delete_endpoint/delete_bucket to False")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     os.chdir(args.work)  # the notebook works in its current directory
@@ -388,7 +391,7 @@ def main() -> None:
 
     # Cleaning up
     # Delete Experiment.
-    delete_experiments = True
+    delete_experiments = not args.keep_resources
     if delete_experiments:
         experiments_list = aiplatform.Experiment.list()
         for experiment in experiments_list:
@@ -400,7 +403,7 @@ def main() -> None:
     print("***" * 10)
 
     # Delete Endpoint.
-    delete_endpoint = True
+    delete_endpoint = not args.keep_resources
     # If force is set to True, all deployed models on this
     # Endpoint will be first undeployed.
     if delete_endpoint:
@@ -413,7 +416,7 @@ def main() -> None:
     print("***" * 10)
 
     # Delete Cloud Storage Bucket.
-    delete_bucket = True
+    delete_bucket = not args.keep_resources
     if delete_bucket:
         shutil.rmtree(BUCKET_URI)  # ! gsutil -m rm -r $BUCKET_URI
 

@@ -26,7 +26,7 @@ def home(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def server(home):
-    live = LiveServer(home, start_worker=False, max_request_bytes=64 << 10)
+    live = LiveServer(home, start_worker=False, max_request_bytes=256 << 10)
 
     def boom():
         raise RuntimeError("a bug")
@@ -105,36 +105,43 @@ def test_generate_with_type_confused_fields_is_a_quick_400(server, body, fragmen
 
 
 def test_a_prompt_over_the_context_is_refused_with_its_size(server):
-    long = {"contents": [{"role": "user", "parts": [{"text": "colour " * 600}]}]}  # the tiny model's context: 512
+    long = {"contents": [{"role": "user", "parts": [{"text": "colour " * 1200}]}]}  # the tiny model's context: 1024
     r = post(server, f"/v1beta1/{P}/publishers/google/models/gemini-2.0-flash-001:generateContent", long)
     assert_error(r, 400, "the prompt has ")
-    assert "tokens; the model's context is 512 tokens" in r.json()["error"]["message"]
-    huge = {"contents": [{"role": "user", "parts": [{"text": "x" * 60_000}]}]}  # refused before tokenizing
+    assert "tokens; the model's context is 1,024 tokens" in r.json()["error"]["message"]
+    huge = {"contents": [{"role": "user", "parts": [{"text": "x" * 70_000}]}]}  # refused before tokenizing
     r = post(server, f"/v1beta1/{P}/publishers/google/models/gemini-2.0-flash-001:streamGenerateContent", huge,
              params={"alt": "sse"})
-    assert_error(r, 400, "the prompt has 60,000 characters, far over the model's context of 512 tokens")
+    assert_error(r, 400, "the prompt has 70,000 characters, far over the model's context of 1,024 tokens")
 
 
 def test_an_output_budget_past_the_context_is_cut_to_the_room_left(server):
-    body = {"contents": [USER], "generationConfig": {"maxOutputTokens": 8192, "temperature": 0}}
-    r = httpx.post(f"{server.url}/v1beta1/{P}/publishers/google/models/gemini-2.0-flash-001:generateContent",
-                   json=body, timeout=120)
+    url = f"{server.url}/v1beta1/{P}/publishers/google/models/gemini-2.0-flash-001"
+
+    def tokens(k: int) -> int:
+        return httpx.post(f"{url}:countTokens", json={"contents": [{"parts": [{"text": "colour " * k}]}]}).json()["totalTokens"]
+
+    per = (tokens(200) - tokens(100)) / 100  # a prompt that leaves about 10 tokens of room
+    k = int((1024 - 10 - (tokens(100) - 100 * per)) / per)
+    body = {"contents": [{"parts": [{"text": "colour " * k}]}], "generationConfig": {"maxOutputTokens": 8192}}
+    r = httpx.post(f"{url}:generateContent", json=body, timeout=120)
     usage = r.json()["usageMetadata"]
-    assert r.status_code == 200 and usage["promptTokenCount"] + usage["candidatesTokenCount"] <= 512
+    assert r.status_code == 200 and 1024 - 20 < usage["promptTokenCount"] < 1024
+    assert usage["promptTokenCount"] + usage["candidatesTokenCount"] <= 1024
 
 
 def test_an_oversized_body_is_a_413_before_it_is_read(server):
-    big = {"contents": [{"role": "user", "parts": [{"text": "x" * (70 << 10)}]}]}
+    big = {"contents": [{"role": "user", "parts": [{"text": "x" * (300 << 10)}]}]}
     r = post(server, f"/v1beta1/{P}/publishers/google/models/gemini-2.0-flash-001:generateContent", big)
-    assert_error(r, 413, "request body: expected at most 65,536 bytes")
+    assert_error(r, 413, "request body: expected at most 262,144 bytes")
 
     def chunks():  # no Content-Length: refused as soon as the limit passes
         for _ in range(100):
-            yield b"x" * 4096
+            yield b"x" * 4096  # 400 KiB
 
     r = httpx.post(f"{server.url}/v1beta1/{P}/tuningJobs", content=chunks(), timeout=30,
                    headers={"content-type": "application/json"})
-    assert_error(r, 413, "found more than 65536")
+    assert_error(r, 413, "found more than 262144")
     assert httpx.get(f"{server.url}/v1beta1/{P}/tuningJobs").status_code == 200  # still serving
 
 

@@ -233,6 +233,29 @@ def test_playground_streams_base_and_tuned_side_by_side(page, server):
     shot(page, "playground")
 
 
+def test_undeploy_then_delete_an_endpoint_after_a_confirmation(page, server):
+    tuned = _tuned(server)
+    model_name = tuned["tunedModel"]["model"].split("@")[0]
+    endpoint = tuned["tunedModel"]["checkpoints"][0]["endpoint"]
+    ep_id = endpoint.rsplit("/", 1)[1]
+    page.goto(f"/console/models/{model_name.rsplit('/', 1)[1]}")
+    page.click(f"#endpoint-{ep_id} >> text=Undeploy…")
+    assert "will stop serving checkpoint 1" in page.inner_text("#confirm")
+    page.click("#confirm-undeploy")
+    page.wait_for_selector(".flash")
+    assert f"Undeployed endpoint {ep_id}" in page.inner_text(".flash")
+    assert "nothing (undeployed)" in page.inner_text(f"#endpoint-{ep_id}")
+    r = httpx.post(f"{server}/v1/{endpoint}:generateContent", json={"contents": [{"parts": [{"text": "x"}]}]})
+    assert r.status_code == 400 and r.json()["error"]["status"] == "FAILED_PRECONDITION"
+    page.click(f"#endpoint-{ep_id} a.danger")
+    assert "is removed" in page.inner_text("#confirm") and "The tuned model" in page.inner_text("#confirm")
+    page.click("#confirm-delete")
+    page.wait_for_selector(".flash")
+    assert f"Deleted endpoint {ep_id}" in page.inner_text(".flash") and page.locator(f"#endpoint-{ep_id}").count() == 0
+    assert httpx.get(f"{server}/v1/{endpoint}").status_code == 404
+    assert httpx.get(f"{server}/v1/{model_name}").status_code == 200  # the tuned model stays
+
+
 def test_delete_a_model_after_a_confirmation_that_says_what_goes(page, server, home):
     tuned = _tuned(server)
     model_name = tuned["tunedModel"]["model"].split("@")[0]
@@ -242,7 +265,7 @@ def test_delete_a_model_after_a_confirmation_that_says_what_goes(page, server, h
     shot(page, "models")
     page.click(f"#model-{model_id} a.danger")
     removes = page.inner_text("#removes")
-    assert "its 3 endpoints" in removes and "2 checkpoints in" in removes and f"{home}/jobs/" in removes
+    assert "its 2 endpoints" in removes and "2 checkpoints in" in removes  # one was deleted by the test above and f"{home}/jobs/" in removes
     shot(page, "delete")
     adapter = home / "jobs" / tuned["name"].rsplit("/", 1)[1] / "run" / "adapter"
     assert adapter.is_dir()
@@ -288,13 +311,17 @@ def test_other_forms_and_pages_reject_bad_input_in_words(page, server, home):
     page.goto("/console")
     cases = [("/console/jobs/999/cancel", {}, 404, "tuning job '999' not found"),
              (f"/console/jobs/{ended}/cancel", {}, 400, "has already ended"),
-             ("/console/models/999/delete", {}, 404, "tuned model '999' not found")]
+             ("/console/models/999/delete", {}, 404, "tuned model '999' not found"),
+             ("/console/endpoints/999/undeploy", {}, 404, "endpoint '999' not found"),
+             ("/console/endpoints/999/delete", {}, 404, "endpoint '999' not found"),
+             ("/console/endpoints/999/explode", {}, 404, "no such endpoint action 'explode'")]
     for url, form, status, fragment in cases:
         r = _post(page, url, form)
         assert r.status == status and fragment in r.text().replace("&#39;", "'"), (url, r.status, r.text()[:2000])
     for url, status, fragment in [("/console/jobs/abc", 404, "tuning job 'abc' not found"),
                                   ("/console?state=JOB_STATE_NAPPING", 400, "state: expected one of"),
-                                  ("/console/models/42/delete", 404, "tuned model '42' not found")]:
+                                  ("/console/models/42/delete", 404, "tuned model '42' not found"),
+                                  ("/console/endpoints/42/undeploy", 404, "endpoint '42' not found")]:
         response = page.goto(url)
         assert response.status == status and fragment in page.inner_text("#error"), url
     # the playground shows the error in the pane it belongs to
@@ -310,7 +337,10 @@ def test_other_forms_and_pages_reject_bad_input_in_words(page, server, home):
     assert r.status == 404 and "endpoint 999 not found" in r.json()["error"]
     r = page.request.post("/console/api/generate", data=json.dumps({"target": "model:x", "prompt": "hi"}),
                           headers={"X-CSRF-Token": token, "Origin": server, "Content-Type": "application/json"})
-    assert r.status == 400 and "Model: expected base:NAME or endpoint:ID" in r.json()["error"]
+    assert r.status == 404 and "Model: tuned model 'x' not found" in r.json()["error"]
+    r = page.request.post("/console/api/generate", data=json.dumps({"target": "adapter:x", "prompt": "hi"}),
+                          headers={"X-CSRF-Token": token, "Origin": server, "Content-Type": "application/json"})
+    assert r.status == 400 and "Model: expected base:NAME, model:ID or endpoint:ID" in r.json()["error"]
     r = page.request.post("/console/api/generate", headers={"X-CSRF-Token": token, "Origin": server, "Content-Type": "application/json"},
                           data=json.dumps({"target": "base:gemini-2.0-flash-001", "prompt": "hi", "maxOutputTokens": "many"}))
     assert r.status == 400 and "Max output tokens: expected a whole number from 1 to 8192, found 'many'" in r.json()["error"]

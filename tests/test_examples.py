@@ -59,14 +59,14 @@ def test_summarization_notebook(server):
 
 
 def test_qa_notebook(server):
-    out = run("sft_qa.py", server, "--test-rows", "4")
+    out = run("sft_qa.py", server, "--test-rows", "5")
     assert out.count("EM score: ") == 2 and out.count("F1 score: ") == 2
     assert "Train loss: " in out and "eval loss: 0 points" in out  # the notebook passes no validation set
     assert (server.home / "sft_qa" / "loss.html").is_file()
 
 
 def test_blog_with_the_vertexai_sdk(server):
-    out = run("blog_alert_summarizer.py", server, "--train-examples", "12", "--epochs", "1", "--poll-seconds", "0.5")
+    out = run("blog_alert_summarizer.py", server, "--train-examples", "4", "--epochs", "1", "--poll-seconds", "0.5")
     assert "Tuning job created: " in out and "\nCreate time: 20" in out  # the script exits unless SUCCEEDED
     assert "Tuned model: projects/your-project-id/locations/us-central1/endpoints/" in out
     assert out.count("Base model:") == 3 and out.count("Tuned model:") == 4

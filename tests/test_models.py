@@ -91,7 +91,7 @@ def test_missing_weights_package_says_how_to_install(spec):
 
 def test_local_model_loads_once_per_process_whatever_it_is_called(tiny_model_dir):
     spec = models.resolve(str(tiny_model_dir), DEFAULT)
-    assert spec.kind == "local" and spec.context_length == 512
+    assert spec.kind == "local" and spec.context_length == 1024
     before = models._LOADS
     first = models.load_model(spec)
     again = models.load_model(replace(spec, requested="an alias"))
@@ -144,6 +144,17 @@ def test_resolve_allowed_keeps_names_aliases_and_hub_ids(tmp_path, tiny_model_di
     assert models.resolve_allowed(None, [], settings).name == str(tiny_model_dir)
     assert models.resolve_allowed("smollm2-135m-instruct", [], settings).kind == "gguf"
     monkeypatch.chdir(tiny_model_dir.parent)  # a relative directory name is never looked up in the start directory
-    assert models.resolve_allowed(f"{tiny_model_dir.name}/x", [], settings).kind == "hub"
+    hub_id = f"{tiny_model_dir.name}/x"
+    with pytest.raises(ModelNotFoundError, match=f"hub model '{hub_id}' is not in this server's hub cache"):
+        models.resolve_allowed(hub_id, [], settings)  # a request never waits on the network
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / f"models--{tiny_model_dir.name}--x"  # the hub cache layout, as `hf download` leaves it
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "snapshots" / "abc" / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert models.resolve_allowed(hub_id, [], settings).kind == "hub"
     with pytest.raises(ModelNotFoundError, match=f"unknown base model '{tiny_model_dir.name}'"):
         models.resolve_allowed(tiny_model_dir.name, [], settings)

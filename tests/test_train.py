@@ -170,7 +170,7 @@ def test_a_run_learns_and_writes_vertex_artifacts(data, tmp_path, tiny_model_dir
     assert last < first * 0.6, (first, last)
     evals = [r for r in records if mt.EVAL_LOSS in r]
     assert evals[-1]["step"] == 24 and evals[-1][mt.EVAL_LOSS] < evals[0][mt.EVAL_LOSS]
-    assert set(records[-1]) == {"step", "epoch", mt.TRAIN_LOSS, mt.TRAIN_ACCURACY, mt.TRAIN_PREDICTIONS,
+    assert set(records[-1]) == {"step", "epoch", "time", mt.TRAIN_LOSS, mt.TRAIN_ACCURACY, mt.TRAIN_PREDICTIONS,
                                 mt.EVAL_LOSS, mt.EVAL_ACCURACY, mt.EVAL_PREDICTIONS}
     assert records[-1][mt.EVAL_PREDICTIONS] == 8 * 5  # 8 validation answers: "It is <c>." = 4 tokens + <|im_end|>
     # checkpoints: one per epoch, PEFT layout, manifest with what the run needs to be reproduced

@@ -1,5 +1,5 @@
-"""Console pages for tuned models and their endpoints: list, details, and delete after a confirmation that says
-what goes. Deleting goes through the REST route's own function (rows, loaded adapters and files)."""
+"""Console pages for tuned models and their endpoints: list, details, undeploy or delete an endpoint, and delete a
+model, each after a confirmation that says what goes. Each action goes through the REST route's own function."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from tunery.api.errors import ApiError
+from tunery.api.routes import endpoints as endpoint_routes
 from tunery.api.routes import tuning
 from tunery.console.common import csrf, page_errors, render, svc
 from tunery.jobs import states
-from tunery.jobs.store import Model
+from tunery.jobs.store import Endpoint, Model
 
 router = APIRouter()
 
@@ -74,3 +75,42 @@ def delete(request: Request, model_id: str, csrf_token: str | None = Form(None, 
     tuning.delete_model(model.project, model.location, model.id, svc(request))
     session.flash = f"Deleted model {model.display_name or model.id}, its endpoints and its files."
     return RedirectResponse("/console/models", status_code=303)
+
+
+def _endpoint(request: Request, endpoint_id: str) -> tuple[Endpoint, Model]:
+    ep = svc(request).store.get_endpoint(endpoint_id)
+    model = svc(request).store.get_model(ep.model_id) if ep else None
+    if ep is None or model is None:
+        raise ApiError(404, f"endpoint {endpoint_id!r} not found (it may have been deleted)")
+    return ep, model
+
+
+ENDPOINT_ACTIONS = {"undeploy": "Undeploy", "delete": "Delete"}
+
+
+@router.get("/console/endpoints/{endpoint_id}/{action}")
+@page_errors
+def confirm_endpoint_action(request: Request, endpoint_id: str, action: str) -> HTMLResponse:
+    if action not in ENDPOINT_ACTIONS:
+        raise ApiError(404, f"no such endpoint action {action!r}: expected undeploy or delete")
+    ep, model = _endpoint(request, endpoint_id)
+    return render(request, "endpoint_confirm.html", {"title": f"{ENDPOINT_ACTIONS[action]} endpoint {ep.id}?",
+                                                     "ep": ep, "model": model, "action": action})
+
+
+@router.post("/console/endpoints/{endpoint_id}/{action}")
+@page_errors
+def endpoint_action(request: Request, endpoint_id: str, action: str,
+                    csrf_token: str | None = Form(None, alias="csrf")) -> RedirectResponse:
+    """Undeploy (the endpoint stays, serving nothing) or delete (undeploying first, as endpoint.delete(force=True)
+    does); the tuned model stays either way."""
+    session = csrf(request, csrf_token)
+    if action not in ENDPOINT_ACTIONS:
+        raise ApiError(404, f"no such endpoint action {action!r}: expected undeploy or delete")
+    ep, model = _endpoint(request, endpoint_id)
+    if ep.deployed:
+        endpoint_routes.undeploy_model(ep.project, ep.location, ep.id, svc(request), {"deployedModelId": model.id})
+    if action == "delete":
+        endpoint_routes.delete_endpoint(ep.project, ep.location, ep.id, svc(request))
+    session.flash = f"{'Undeployed' if action == 'undeploy' else 'Deleted'} endpoint {ep.id}; the tuned model stays."
+    return RedirectResponse(f"/console/models/{model.id}", status_code=303)

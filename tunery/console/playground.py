@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import HTMLResponse, Response
 
+from tunery import models
 from tunery.api.errors import ApiError
 from tunery.api.routes import generation
 from tunery.console.common import csrf, json_errors, page_errors, render, svc
@@ -16,11 +17,16 @@ router = APIRouter()
 
 
 def targets(request: Request) -> list[dict]:
-    """What the pickers offer: base models by name, then each tuned model's endpoint and its checkpoints'."""
+    """What the pickers offer: base models by name, then each tuned model (by name: it answers whatever its
+    endpoints' state) and its deployed endpoints, checkpoints' included."""
     out = [{"value": f"base:{b['value']}", "label": f"base · {b['value']} → {b['resolves']}"} for b in base_choices()]
     for model in all_models(request):
         label = model.display_name or model.id
+        out.append({"value": f"model:{model.id}", "label": f"tuned · {label} (model {model.id})", "model_id": model.id,
+                    "checkpoint": None})
         for ep in svc(request).store.endpoints_of(model.id):
+            if not ep.deployed:
+                continue
             what = f"checkpoint {ep.checkpoint_id}" if ep.checkpoint_id else "tuned"
             out.append({"value": f"endpoint:{ep.id}", "label": f"{what} · {label} (endpoint {ep.id})",
                         "model_id": model.id, "checkpoint": ep.checkpoint_id})
@@ -66,4 +72,10 @@ def generate(request: Request, body: dict = Body(...)) -> Response:
         return generation.call(svc(request), method, generation.base_target(svc(request), name), request_body)
     if kind == "endpoint" and name:
         return generation.call(svc(request), method, generation.endpoint_target(svc(request), name), request_body)
-    raise ApiError(400, f"Model: expected base:NAME or endpoint:ID, found {target!r}")
+    if kind == "model" and name:
+        model = svc(request).store.get_model(name)
+        if model is None:
+            raise ApiError(404, f"Model: tuned model {name!r} not found (it may have been deleted)")
+        target_ = models.resolve(model.base_model), model.adapter_dir, f"{model.name}@1"
+        return generation.call(svc(request), method, target_, request_body)
+    raise ApiError(400, f"Model: expected base:NAME, model:ID or endpoint:ID, found {target!r}")

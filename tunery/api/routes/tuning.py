@@ -65,10 +65,9 @@ def _config(svc: Services, req: wire.CreateTuningJob) -> tuple[dict, str]:
         cfg["init_adapter"] = paths[ckpt] if ckpt else model.adapter_dir
         rank = json.loads((Path(cfg["init_adapter"]) / "adapter_config.json").read_text())["r"]
         cfg.setdefault("adapter_size", rank)
-        base = model.base_model
+        resolved = models.resolve(model.base_model)  # the server's own record, not the request's
     else:
-        base = req.base_model
-    resolved = models.resolve_allowed(base, svc.settings.allowed_roots)
+        resolved = models.resolve_allowed(req.base_model, svc.settings.allowed_roots)
     cfg["base_model"] = resolved.name
     TuningConfig(**cfg, output="-")  # range checks, with the flag named
     _validate_small(svc, cfg, resolved)
