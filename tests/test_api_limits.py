@@ -151,3 +151,19 @@ def test_a_bug_is_a_vertex_shaped_500_naming_its_log_incident(server, caplog):
     assert_error(r, 500, "internal error (incident ")
     incident = r.json()["error"]["message"].split("incident ", 1)[1].split(";")[0]
     assert any(incident in rec.getMessage() and rec.exc_info for rec in caplog.records)
+
+
+@pytest.mark.parametrize("name", ["~0", "~root/x", "..", "org/name", "/etc", "a/b/c", "x.gguf"])
+def test_base_model_names_the_fuzzer_found_are_clear_4xx_without_paths_or_network(server, home, name):
+    """Found by tests/test_fuzz.py: `~0` made Path.expanduser raise (a 500); a hub id went to the network from the
+    request thread; `..` named the server's start directory."""
+    r = post(server, f"/v1beta1/{P}/publishers/google/models/{name}:generateContent", {"contents": [USER]})
+    if r.status_code != 404 or "/" in name:  # a name with a slash routes elsewhere or nowhere: any 4xx, quickly
+        assert 400 <= r.status_code < 500, r.text
+    else:
+        assert_error(r, 404, "publisher model")
+    created = post(server, f"/v1beta1/{P}/tuningJobs", create_body(home, baseModel=name))
+    assert_error(created, 400, "baseModel")
+    import os
+
+    assert os.getcwd() not in created.text and str(home) not in created.text  # no server path is revealed
