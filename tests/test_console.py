@@ -382,6 +382,9 @@ def test_forms_refuse_cross_site_requests(page, server):
     r = page.request.post("/console/api/generate", data="{}", headers={"Origin": server, "Content-Type": "application/json"})
     assert r.status == 403
     assert httpx.post(server + "/console/models/1/delete", data={"csrf": "x"}).status_code == 403  # no session at all
+    r = _post(page, "/console/endpoints/999/undeploy", {}, origin="http://evil.example")
+    assert r.status == 403 and "sent from http://evil.example" in r.text()
+    assert _post(page, "/console/endpoints/999/delete", {"csrf": "forged"}).status == 403
 
 
 # ---------------------------------------------------------------- with an API key
@@ -398,7 +401,8 @@ def test_api_key_sign_in_cookie_and_a_short_flow(browser, home, tmp_path):
         assert page.url == url + "/console/login"  # every page sends you to sign in first
         assert httpx.get(url + REST + "/tuningJobs").status_code == 401
         assert page.request.get("/console/api/jobs").status == 401
-        for form_url in ("/console/new", "/console/jobs/1/cancel", "/console/models/1/delete", "/console/api/generate"):
+        for form_url in ("/console/new", "/console/jobs/1/cancel", "/console/models/1/delete", "/console/api/generate",
+                         "/console/endpoints/1/undeploy", "/console/endpoints/1/delete"):
             r = page.request.post(form_url, form={"csrf": "x"}, headers={"Origin": url}, max_redirects=0)
             assert r.status == 401 and "sign in" in r.text(), form_url  # no session, no form
         r = _post(page, "/console/login", {"key": KEY, "csrf": "forged"})
