@@ -73,6 +73,9 @@ def create_body(home, **over) -> dict:
     ({"validationDatasetUri": 3}, "supervisedTuningSpec.validationDatasetUri: expected a string, found int"),
     ({"evaluationConfig": {"task": 1, "metrics": []}}, "supervisedTuningSpec.evaluationConfig.task: expected a string"),
     ({"supervisedTuningSpec": []}, "supervisedTuningSpec: expected an object, found list"),
+    ({"hyperParameters": {"epochCount": True}}, "supervisedTuningSpec.hyperParameters.epochCount: expected a whole number"),
+    ({"hyperParameters": {"adapterSize": True}}, "supervisedTuningSpec.hyperParameters.adapterSize: expected one of"),
+    ({"hyperParameters": {"adapterSize": False}}, "supervisedTuningSpec.hyperParameters.adapterSize: expected one of"),
 ])
 def test_create_with_type_confused_fields_is_a_400_naming_the_field(server, home, over, fragment):
     assert_error(post(server, f"/v1beta1/{P}/tuningJobs", create_body(home, **over)), 400, fragment)
@@ -90,6 +93,8 @@ def test_create_body_that_is_not_an_object(server):
     ({"contents": [USER], "generationConfig": {"topP": "nan"}}, "generationConfig.topP: expected a number"),
     ({"contents": [USER], "generationConfig": "greedy"}, "generationConfig: expected an object, found str"),
     ({"contents": [USER], "generationConfig": {"candidateCount": 9}}, "generationConfig.candidateCount: expected a whole number from 1 to 8"),
+    ({"contents": [USER], "generationConfig": {"maxOutputTokens": True}}, "generationConfig.maxOutputTokens: expected a whole number"),
+    ({"contents": [USER], "generationConfig": {"temperature": True}}, "generationConfig.temperature: expected a number"),
     ({"contents": [USER], "generationConfig": {"maxOutputTokens": 10**6}}, "generationConfig.maxOutputTokens"),
     ({"contents": [USER], "systemInstruction": 5}, "systemInstruction: expected a Content object, found int"),
     ({"contents": "hello"}, "contents: expected at least one Content"),
@@ -167,3 +172,21 @@ def test_base_model_names_the_fuzzer_found_are_clear_4xx_without_paths_or_networ
     import os
 
     assert os.getcwd() not in created.text and str(home) not in created.text  # no server path is revealed
+
+
+def test_numbers_past_what_floats_and_sqlite_hold_are_400s(server, home):
+    """Found in review: a 400-digit integer literal overflowed float() (a 500); a 20-digit or a non-ASCII-digit
+    pageToken reached SQLite or int() (a 500)."""
+    huge = "1" + "0" * 400
+    raw = ('{"contents": [{"role": "user", "parts": [{"text": "x"}]}], "generationConfig": {"temperature": %s}}' % huge)
+    r = httpx.post(f"{server.url}/v1beta1/{P}/publishers/google/models/gemini-2.0-flash-001:generateContent",
+                   content=raw.encode(), headers={"content-type": "application/json"})
+    assert_error(r, 400, "generationConfig.temperature: expected a number")
+    raw = ('{"baseModel": "gemini-2.0-flash-001", "supervisedTuningSpec": {"trainingDatasetUri": "%s", '
+           '"hyperParameters": {"learningRateMultiplier": %s}}}' % (home / "data" / "train.jsonl", huge))
+    r = httpx.post(f"{server.url}/v1beta1/{P}/tuningJobs", content=raw.encode(), headers={"content-type": "application/json"})
+    assert_error(r, 400, "learningRateMultiplier: expected a number")
+    for collection in ("tuningJobs", "models", "endpoints"):
+        for token in ("99999999999999999999", "\u00b2", "-1"):
+            r = httpx.get(f"{server.url}/v1beta1/{P}/{collection}", params={"pageToken": token})
+            assert_error(r, 400, "pageToken: not a token this server issued")

@@ -344,6 +344,9 @@ def test_other_forms_and_pages_reject_bad_input_in_words(page, server, home):
     r = page.request.post("/console/api/generate", headers={"X-CSRF-Token": token, "Origin": server, "Content-Type": "application/json"},
                           data=json.dumps({"target": "base:gemini-2.0-flash-001", "prompt": "hi", "maxOutputTokens": "many"}))
     assert r.status == 400 and "Max output tokens: expected a whole number from 1 to 8192, found 'many'" in r.json()["error"]
+    r = page.request.post("/console/api/generate", headers={"X-CSRF-Token": token, "Origin": server, "Content-Type": "application/json"},
+                          data=json.dumps({"target": "base:gemini-2.0-flash-001", "prompt": "hi", "temperature": 10**400}))
+    assert r.status == 400 and "Temperature: expected a number from 0 to 2" in r.json()["error"]  # no float overflow
 
 
 def _insert_job(home: Path, job_id: str, state: str, error: dict) -> None:

@@ -45,7 +45,7 @@ def playground_page(request: Request, left: str = "", right: str = "") -> HTMLRe
 def _number(value, field: str, lo: float, hi: float, whole: bool = False) -> float | int:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = None
     if number is None or not lo <= number <= hi or (whole and not number.is_integer()):
         kind = "a whole number" if whole else "a number"

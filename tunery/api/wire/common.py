@@ -24,6 +24,8 @@ def get(d: dict | None, key: str, default: Any = None) -> Any:
 def int_field(value: Any, field: str, lo: int, hi: int) -> int | None:
     if value is None:
         return None
+    if isinstance(value, bool):  # JSON true is not 1
+        raise ApiError(400, f"{field}: expected a whole number from {lo} to {hi}, found {value!r}")
     try:
         number = int(value) if not isinstance(value, float) or value.is_integer() else None
     except (TypeError, ValueError):
@@ -37,8 +39,8 @@ def float_field(value: Any, field: str, lo: float, hi: float) -> float | None:
     if value is None:
         return None
     try:
-        number = float(value)
-    except (TypeError, ValueError):
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer literal of hundreds of digits
         number = None
     if number is None or not lo < number <= hi:
         raise ApiError(400, f"{field}: expected a number in ({lo}, {hi}], found {value!r:.80}")
@@ -50,7 +52,7 @@ def page(page_size: int | None, page_token: str | None) -> tuple[int, int]:
     size = 100 if page_size in (None, 0) else page_size
     if not 1 <= size <= 1000:
         raise ApiError(400, f"pageSize: expected 1 to 1000, found {page_size}")
-    if page_token and not page_token.isdigit():
+    if page_token and not re.fullmatch(r"[0-9]{1,9}", page_token):  # ASCII digits only; SQLite takes 64-bit ints
         raise ApiError(400, f"pageToken: not a token this server issued: {page_token!r:.80}")
     return size, int(page_token or 0)
 

@@ -76,6 +76,8 @@ def parse_create(body: Any) -> CreateTuningJob:
 
 
 def adapter_size(value: Any, field: str) -> int | None:
+    if isinstance(value, bool):
+        raise ApiError(400, f"{field}: expected one of {', '.join(ADAPTER_SIZES)}, found {value!r}")
     if value is None or value in ("ADAPTER_SIZE_UNSPECIFIED", 0):
         return None
     if isinstance(value, str) and value.upper() in ADAPTER_SIZES:
