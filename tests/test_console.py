@@ -108,7 +108,7 @@ def home(tmp_path_factory, tiny_model_dir):
         bad = _rows(40, words=40)
         bad[2] = contents(("user", "Colour 2: blue?"), ("model", " "))  # line 3: an empty answer
         write_jsonl(files / "colours_bad.jsonl", bad)
-        write_jsonl(files / "colours.jsonl", _rows(40, words=40))
+        write_jsonl(files / "colours.jsonl", _rows(40, words=120))  # long rows: steps of a second or so, so the pages see it run
         write_jsonl(home / "valid.jsonl", _rows(16))
         write_jsonl(home / "val.jsonl", _rows(8, 100))
         yield home
@@ -201,7 +201,8 @@ def test_create_shows_the_bad_line_then_tunes_while_progress_and_chart_move(page
     assert len(set(running)) >= 3, seen  # the list's bar moved at least twice while the job ran
     assert running == sorted(running) and max(int(v) for v, _ in seen) == 10, seen
     counts = [int(v) for v, _ in points]
-    assert len({c for c in counts if c}) >= 2 and counts == sorted(counts), points  # the chart gained points, live
+    # the chart gained points live: a partial count (0 < n < 10) was drawn before the job ended and the page reloaded
+    assert any(0 < c < 10 for c in counts) and counts == sorted(counts), points
     listing.close()
     page.wait_for_selector("#checkpoints", timeout=60_000)  # the page reloads once the job ends
     assert page.inner_text("#state") == "succeeded"
