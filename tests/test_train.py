@@ -138,6 +138,25 @@ def test_training_attention_equals_sdpa_in_value_and_gradient(length, window):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
+def test_training_attention_with_softcap_equals_autograd_of_the_formula():
+    """Capped scores (Gemma 2 style) through our recomputing backward equal autograd of the plain formula."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(1)
+    q = torch.randn(2, 6, 40, 8, requires_grad=True)
+    k, v = (torch.randn(2, 2, 40, 8, requires_grad=True) for _ in range(2))
+    out, _ = attention.causal_attention(SimpleNamespace(), q, k, v, None, scaling=0.5, softcap=3.0, sliding_window=9)
+    kk, vv = k.repeat_interleave(3, 1), v.repeat_interleave(3, 1)
+    scores = torch.tanh(q @ kk.transpose(-1, -2) * 0.5 / 3.0) * 3.0
+    i = torch.arange(40)
+    scores = scores.masked_fill((i[None, :] > i[:, None]) | (i[None, :] <= i[:, None] - 9), float("-inf"))
+    ref = (torch.softmax(scores, -1) @ vv).transpose(1, 2)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    for g, r in zip(grads, torch.autograd.grad(ref.square().sum(), (q, k, v))):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
 def test_only_lora_parameters_change(template, tiny_model_dir):
     model = _attach_lora(models.load_model_fresh(models.resolve(str(tiny_model_dir))), 4, 0)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}

@@ -27,8 +27,9 @@ def _authorized(request: Request, key: str) -> bool:
 
 def create_app(settings: ServerSettings) -> FastAPI:
     store = Store(settings.home / "tunery.db")
-    svc = Services(settings, store, Worker(store, max_concurrent=settings.max_concurrent_jobs),
-                   Registry(max_adapters=settings.max_loaded_adapters))
+    worker = Worker(store, max_concurrent=settings.max_concurrent_jobs)
+    svc = Services(settings, store, worker,
+                   Registry(max_adapters=settings.max_loaded_adapters, threads=worker.serving_threads))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunery import locks
+from tunery import locks, threads
 from tunery.jobs import states
 from tunery.jobs.child import JOB_FILE, LOCKED_EXIT, LOG_FILE, PARENT_ENV, PROGRESS_FILE, RESULT_FILE
 from tunery.jobs.store import Job, Store
@@ -51,6 +51,14 @@ class Worker:
     _held: set[str] = field(default_factory=set)  # jobs waiting for an old process to let go (logged once)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+
+    @property
+    def threads_per_job(self) -> int:
+        return threads.per_job(self.max_concurrent)
+
+    def serving_threads(self) -> int:
+        """Threads the server's generation may use now: the cores its running jobs leave (at least one)."""
+        return threads.for_serving(len(self.children), self.threads_per_job)
 
     def start(self) -> None:
         self.recover()
@@ -174,7 +182,8 @@ class Worker:
             with open(run_dir / LOG_FILE, "ab") as log_file:
                 proc = subprocess.Popen([self.python, "-m", "tunery.jobs.child", str(run_dir)], stdout=log_file,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())})
+                                        env={**os.environ, **threads.WAIT_POLICY, "PYTHONUNBUFFERED": "1",
+                                             threads.THREADS_ENV: str(self.threads_per_job), PARENT_ENV: str(os.getpid())})
         except OSError as exc:
             log.error("job %s: could not start its tuning process: %s", job.id, exc)
             self.store.transition(job.id, states.FAILED, ended=True, error={

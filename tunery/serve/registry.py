@@ -14,7 +14,7 @@ import logging
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -66,8 +66,11 @@ class Registry:
     team, and once there are more team threads than cores, idle teams stop spinning and every parallel region
     pays a wake-up: greedy decoding ran 1.5x slower on a server's request threads than on a single thread."""
 
-    def __init__(self, max_adapters: int = DEFAULT_MAX_ADAPTERS, runtime: Runtime | None = None) -> None:
+    def __init__(self, max_adapters: int = DEFAULT_MAX_ADAPTERS, runtime: Runtime | None = None,
+                 threads: Callable[[], int] | None = None) -> None:
         self.max_adapters = max_adapters
+        self._threads = threads  # how many compute threads generation may use now (fewer while jobs train)
+        self._threads_set = 0
         self._runtime = runtime
         self._bases: dict[str, _Base] = {}
         self._guard = threading.Lock()
@@ -84,6 +87,11 @@ class Registry:
 
     def _enter(self, fn, *args):
         self._compute_thread = threading.current_thread()
+        if self._threads is not None and (n := self._threads()) != self._threads_set:
+            import torch
+
+            torch.set_num_threads(n)  # this thread's OpenMP team: all model work runs here
+            self._threads_set = n
         return fn(*args)
 
     @property

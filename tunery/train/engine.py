@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunery import faults, locks, models
+from tunery import faults, locks, models, threads
 from tunery.config import TuningConfig, default_epochs
 from tunery.data.formats import parse
 from tunery.data.jsonl import read_records
@@ -38,7 +38,9 @@ from tunery.train import attention
 from tunery.train import checkpoints as ck
 from tunery.train import distributed
 from tunery.train.distributed import Dist
+from tunery.train import memory
 from tunery.train import metrics as mt
+from tunery.train.loss import linear_cross_entropy
 
 log = logging.getLogger("tunery")
 WARMUP_FRACTION = 0.05  # of all steps, linear warmup; then linear decay to zero
@@ -83,24 +85,22 @@ def _lr_at(step: int, total: int, peak: float) -> float:
 
 def _forward(model, ids, labels, runtime: Runtime):
     """Summed loss, correct predictions and count over the supervised positions only. Logits are computed
-    just where a label exists: the vocabulary projection is a large share of a small model's compute."""
+    just where a label exists (the vocabulary projection is a large share of a small model's compute), a chunk at a
+    time and never kept (tunery/train/loss.py)."""
     import torch
-    import torch.nn.functional as F
 
     base = model.get_base_model()
     ids, labels = ids.to(runtime.device), labels.to(runtime.device)
     with runtime.autocast_context():
         hidden = base.get_decoder()(input_ids=ids).last_hidden_state  # right padding + causal: no mask needed
-        targets = labels[:, 1:]
-        sel = targets != -100
-        logits = base.get_output_embeddings()(hidden[:, :-1][sel]).float()
-        cap = getattr(base.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        gold = targets[sel]
-        loss = F.cross_entropy(logits, gold, reduction="sum")
-    correct = (logits.argmax(-1) == gold).sum()
-    return loss, int(correct), int(gold.numel())
+    targets = labels[:, 1:]
+    sel = targets != -100
+    head = base.get_output_embeddings()
+    dtype = getattr(torch, runtime.autocast) if runtime.autocast else head.weight.dtype
+    gold = targets[sel]
+    loss, correct = linear_cross_entropy(hidden[:, :-1][sel], head.weight, gold, dtype,
+                                         getattr(base.config, "final_logit_softcapping", None))
+    return loss, correct, int(gold.numel())
 
 
 def evaluate(model, rows: list[Rendered], batch_size: int, pad_id: int, runtime: Runtime, dist: Dist = Dist()
@@ -273,11 +273,14 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
     recorded = json.loads((out / ck.RUN_FILE).read_text())["runtime"]  # measured when the run began, kept on resume
     runtime = Runtime(recorded["device"], None if recorded["precision"] == "float32" else recorded["precision"])
     torch.set_num_threads(recorded["threads"])
+    memory.return_freed_memory()
     base = models.load_model_fresh(spec)
     attention.use_for_training(base)  # right-padded batches: causal attention without a mask, fastest kernel by length
     model = _attach_lora(base, cfg.adapter_size, cfg.seed).to(runtime.device)
     if runtime.autocast == "bfloat16":
         _frozen_linear_weights_to(model, torch.bfloat16)
+    memory.own_weights(model)  # releases the checkpoint file's map (its fp32 pages)
+    memory.recompute_gated_activation(model)
     if cfg.init_adapter:
         _load_adapter_weights(model, Path(cfg.init_adapter), cfg.adapter_size)
     model.train()
@@ -376,7 +379,7 @@ def _open_run_dir(out: Path, identity: dict, dist: Dist) -> RunResult | None:
         if runtime is None:
             picked = pick()
             runtime = {"device": picked.device, "precision": picked.autocast or "float32",
-                       "threads": max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))}
+                       "threads": threads.for_training(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))}
         out.mkdir(parents=True, exist_ok=True)
         ck.write_json(out / ck.RUN_FILE, {**identity, "runtime": runtime})
         ck.clean_incomplete(out)

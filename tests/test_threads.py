@@ -1,0 +1,48 @@
+"""Sharing the cores: each job process gets its share of threads and waits passively; the server's generation gets
+the cores its running jobs leave. (The speed this buys is measured by bench/job_bench.py, not here.)"""
+
+from __future__ import annotations
+
+import json
+
+import psutil
+import torch
+
+from tests.test_api import LiveServer
+from tests.test_jobs_worker import create, home, wait  # noqa: F401  (home is a fixture)
+from tunery import threads
+from tunery.serve.registry import Registry
+
+
+def test_partition_arithmetic():
+    n = threads.cores()
+    assert threads.per_job(1) == n and threads.per_job(n * 4) == 1
+    assert threads.for_serving(0, n) == n  # no job: generation has the machine
+    assert threads.for_serving(1, n) == 1  # a job holding every core still leaves generation one thread
+    assert threads.for_serving(1, max(1, n // 2)) == max(1, n - max(1, n // 2))
+
+
+def test_registry_sets_its_compute_threads_from_the_provider():
+    wanted = [1]
+    registry = Registry(threads=lambda: wanted[0])
+    assert registry.call(torch.get_num_threads) == 1
+    wanted[0] = 2
+    assert registry.call(torch.get_num_threads) == 2
+
+
+def test_a_running_job_gets_its_share_and_generation_the_rest(home):  # noqa: F811
+    with LiveServer(home) as server:
+        worker = server.services.worker
+        assert worker.serving_threads() == threads.cores()  # nothing running yet
+        job = create(server.url, home)
+        wait(server.url, job["name"], lambda j: j["state"] == "JOB_STATE_RUNNING" and worker.children)
+        [child] = worker.children.values()
+        env = psutil.Process(child.proc.pid).environ()
+        assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+        assert env[threads.THREADS_ENV] == str(worker.threads_per_job) == str(threads.cores())
+        assert worker.serving_threads() == threads.for_serving(1, worker.threads_per_job)
+        assert server.services.registry.call(torch.get_num_threads) == worker.serving_threads()
+        done = wait(server.url, job["name"], lambda j: j["state"] in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED"))
+        assert done["state"] == "JOB_STATE_SUCCEEDED", done.get("error")
+    run = home / "jobs" / job["name"].rsplit("/", 1)[1] / "run"
+    assert json.loads((run / "run.json").read_text())["runtime"]["threads"] == threads.cores()
