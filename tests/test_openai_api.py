@@ -5,7 +5,10 @@ too), models, errors in OpenAI's shape; and the same job seen through the Vertex
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -15,6 +18,7 @@ from tests.helpers import tunery_home, write_jsonl
 from tests.test_api import LiveServer
 from tunery.train import metrics as mt
 
+REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-tunery-test"
 BASE = "gpt-4o-mini-2024-07-18"  # an alias in the server's config.toml for the tiny model
 COLOURS = ["red", "green", "blue", "black", "white", "pink", "grey", "brown"]
@@ -47,14 +51,6 @@ def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=120)
 
 
-def wait(client, job_id: str, timeout: float = 120):
-    deadline, job = time.monotonic() + timeout, client.fine_tuning.jobs.retrieve(job_id)
-    while job.status in ("validating_files", "queued", "running") and time.monotonic() < deadline:
-        time.sleep(0.3)
-        job = client.fine_tuning.jobs.retrieve(job_id)
-    return job
-
-
 @pytest.fixture(scope="module")
 def files(client, home):
     with open(home / "train.jsonl", "rb") as train, open(home / "val.jsonl", "rb") as val:
@@ -63,15 +59,19 @@ def files(client, home):
 
 
 @pytest.fixture(scope="module")
-def job(client, files):
-    created = client.fine_tuning.jobs.create(
-        model=BASE, training_file=files[0].id, validation_file=files[1].id, suffix="colours", seed=7,
-        metadata={"team": "docs"},
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}})
-    assert created.status == "queued" and created.fine_tuned_model is None and created.model == BASE
-    done = wait(client, created.id)
-    assert done.status == "succeeded", done.error
-    return done
+def example(server, home) -> str:
+    """examples/openai_finetune.py, run as a user would: its job (2 epochs of 4 steps) is the one the tests read."""
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "openai_finetune.py"), "--base-url",
+                           f"{server.url}/v1", "--api-key", KEY, "--model", BASE, "--train-examples", "16",
+                           "--val-examples", "4", "--epochs", "2", "--batch-size", "4", "--work", str(home / "example"),
+                           "--poll-seconds", "0.3", "--max-tokens", "16"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def job(client, example):
+    return client.fine_tuning.jobs.retrieve(example.split("Fine-tuning job created: ", 1)[1].split()[0])
 
 
 def records(server, job) -> list[dict]:
@@ -97,20 +97,22 @@ def test_files_upload_retrieve_content_list_and_a_bad_line_refused(client, files
         client.files.retrieve(extra.id)
 
 
-def test_job_retrieve_list_and_the_same_job_at_the_vertex_route(client, server, job, files):
-    assert job.id.startswith("ftjob-") and job.object == "fine_tuning.job" and job.seed == 7
-    assert job.fine_tuned_model.startswith(f"ft:{BASE}:tunery:colours:") and job.finished_at >= job.created_at
-    assert job.training_file == files[0].id and job.validation_file == files[1].id
+def test_job_retrieve_list_and_the_same_job_at_the_vertex_route(client, server, job):
+    assert job.status == "succeeded" and job.id.startswith("ftjob-") and job.object == "fine_tuning.job"
+    assert job.fine_tuned_model.startswith(f"ft:{BASE}:tunery:alerts:") and job.finished_at >= job.created_at
+    assert job.model == BASE and job.seed == 42 and job.error is None
+    assert job.training_file.startswith("file-") and job.validation_file.startswith("file-")
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 4
-    assert job.method.type == "supervised" and job.metadata == {"team": "docs"} and job.trained_tokens > 0
+    assert job.method.type == "supervised" and job.metadata == {"example": "openai_finetune"} and job.trained_tokens > 0
     assert job.id in [j.id for j in client.fine_tuning.jobs.list(limit=50)]
     vertex_id = job.id.removeprefix("ftjob-")
     vertex = httpx.get(f"{server.url}/v1/projects/openai/locations/us-central1/tuningJobs/{vertex_id}",
                        headers={"x-goog-api-key": KEY}).json()
     assert vertex["state"] == "JOB_STATE_SUCCEEDED" and vertex["tunedModel"]["model"].endswith(
         "/models/" + job.fine_tuned_model.rsplit(":", 1)[1] + "@1")
-    assert vertex["supervisedTuningSpec"]["trainingDatasetUri"].endswith(f"{files[0].id}.jsonl")
+    assert vertex["supervisedTuningSpec"]["trainingDatasetUri"].endswith(f"{job.training_file}.jsonl")
     assert vertex["supervisedTuningSpec"]["hyperParameters"]["epochCount"] == "2"
+    assert vertex["tunedModelDisplayName"] == "alerts"
 
 
 def test_events_carry_the_metrics_jsonl_values_and_checkpoints_their_steps(client, server, job):
@@ -192,19 +194,22 @@ def test_models_list_and_retrieve_name_base_tuned_and_checkpoints(client, job):
     assert client.models.retrieve(job.fine_tuned_model).owned_by == "tunery"
 
 
-def test_cancel_a_running_job(client, server, files):
-    created = client.fine_tuning.jobs.create(model=BASE, training_file=files[0].id,
+def test_cancel(client, server, files):
+    """Queued (or, if the worker was quicker, running: cancelling shows as cancelled, as OpenAI has no such state)."""
+    created = client.fine_tuning.jobs.create(model=BASE, training_file=files[0].id,  # the deprecated field too
                                              hyperparameters={"n_epochs": 100, "batch_size": 1})
-    with pytest.raises(openai.APIStatusError) as busy:  # its file cannot go while the job may still read it
+    with pytest.raises(openai.ConflictError):  # its file cannot go while the job may still read it
         client.files.delete(files[0].id)
-    assert busy.value.status_code == 409
+    vertex_url = f"{server.url}/v1/projects/openai/locations/us-central1/tuningJobs/{created.id[6:]}"
+    deadline = time.monotonic() + 60
     cancelled = client.fine_tuning.jobs.cancel(created.id)
     assert cancelled.id == created.id and cancelled.status == "cancelled"
-    done = wait(client, created.id, 60)
-    assert done.status == "cancelled" and done.fine_tuned_model is None and done.error is None
-    vertex = httpx.get(f"{server.url}/v1/projects/openai/locations/us-central1/tuningJobs/{created.id[6:]}",
-                       headers={"authorization": f"Bearer {KEY}"}).json()
-    assert vertex["state"] == "JOB_STATE_CANCELLED"
+    while (state := httpx.get(vertex_url, headers={"authorization": f"Bearer {KEY}"}).json()["state"]) \
+            == "JOB_STATE_CANCELLING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert state == "JOB_STATE_CANCELLED"
+    done = client.fine_tuning.jobs.retrieve(created.id)
+    assert done.status == "cancelled" and done.fine_tuned_model is None and done.error is None and done.finished_at
     assert list(client.fine_tuning.jobs.list_events(created.id))[0].message == "Fine-tuning job cancelled"
     with pytest.raises(openai.BadRequestError, match="already ended"):
         client.fine_tuning.jobs.cancel(created.id)
@@ -214,7 +219,7 @@ def test_errors_come_in_openai_shape_naming_the_field(client, server, job, files
     with pytest.raises(openai.AuthenticationError) as err:
         openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-wrong", max_retries=0).models.list()
     assert err.value.status_code == 401 and err.value.body["code"] == "invalid_api_key"
-    for missing in ("gpt-nope", f"{job.fine_tuned_model}:ckpt-step-5", job.fine_tuned_model.replace("colours", "x")):
+    for missing in ("gpt-nope", f"{job.fine_tuned_model}:ckpt-step-5", job.fine_tuned_model.replace(":alerts:", ":other:")):
         with pytest.raises(openai.NotFoundError) as err:
             ask(client, missing, max_tokens=2)
         assert err.value.body["code"] == "model_not_found" and err.value.body["type"] == "invalid_request_error"
@@ -246,3 +251,11 @@ def test_errors_come_in_openai_shape_naming_the_field(client, server, job, files
     assert big.status_code == 413 and big.json()["error"]["type"] == "invalid_request_error"
     vertex = httpx.get(f"{server.url}/v1/projects/p/locations/l/tuningJobs/1", headers=headers).json()
     assert vertex["error"]["status"] == "NOT_FOUND"  # the Vertex routes keep Vertex's shape
+
+
+def test_the_example_follows_its_job_and_chats_with_the_model_and_a_checkpoint(example, job):
+    assert "Fine-tuning job created: ftjob-" in example and "[message] Fine-tuning job started" in example
+    assert "[metrics] Step 1/8: training loss=" in example and f"Fine-tuned model: {job.fine_tuned_model}\n" in example
+    assert f"Checkpoint {job.fine_tuned_model}:ckpt-step-4: step 4, train loss " in example
+    assert "Tuned model answer (" in example and f"checkpoint ({job.fine_tuned_model}:ckpt-step-4)" in example
+    assert f"Vertex API: projects/openai/locations/us-central1/tuningJobs/{job.id[6:]}" in example
