@@ -82,7 +82,8 @@ def install(app) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request body"
+        skip = ("body", "query", "path", "form") if openai_path(request.url.path) else ("body",)  # OpenAI: the bare name
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in skip) or "request body"
         return JSONResponse(body_for(request.url.path, 400, f"{where}: {first.get('msg', 'invalid request')}"),
                             status_code=400)
 

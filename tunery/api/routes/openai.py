@@ -21,7 +21,7 @@ from tunery.api.services import Services, Svc
 from tunery.api.wire import openai as wire
 from tunery.api.wire import openai_objects as objects
 from tunery.api.wire.common import int_field
-from tunery.data.validate import validate
+from tunery.data.validate import Report, validate
 from tunery.errors import ModelNotFoundError
 from tunery.jobs import child, states
 from tunery.jobs.store import File as StoredFile
@@ -34,7 +34,8 @@ FILES_DIR = "files"  # under the server's home, so the tuning process may read t
 
 
 def _limit(limit: int | None, hi: int = 100) -> int:
-    return int_field(limit, "limit", 1, hi) or 20  # OpenAI's default page size
+    """A list call's page size (OpenAI's default: 20)."""
+    return int_field(limit, "limit", 1, hi) or 20
 
 
 def _file_or_404(svc: Services, file_id: str, field: str = "file_id", http: int = 404) -> StoredFile:
@@ -51,7 +52,7 @@ def _job_or_404(svc: Services, job_id: str) -> Job:
     return job
 
 
-def _issues(report) -> str:
+def _issues(report: Report) -> str:
     """The first errors of a validation report, each with its line (OpenAI reports a bad line the same way)."""
     errors = [i for i in report.issues if i.severity == "error"]
     text = "; ".join((f"line {i.line}" + (f" {i.pointer}" if i.pointer else "") + f": {i.message}")
@@ -165,6 +166,7 @@ def cancel_fine_tuning_job(job_id: str, svc: Svc) -> dict:
 
 
 def _records(job: Job) -> list[dict]:
+    """The job's metrics.jsonl records so far."""
     return read_metrics(Path(job.run_dir) / child.RUN_SUBDIR)
 
 

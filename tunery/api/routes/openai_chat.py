@@ -31,6 +31,7 @@ router = APIRouter()
 
 
 def _not_found(name: str) -> ApiError:
+    """OpenAI's answer for a model it does not know: 404 model_not_found."""
     return ApiError(404, f"model: the model `{name:.200}` does not exist on this server (GET /v1/models lists them)",
                     code="model_not_found")
 
@@ -76,7 +77,8 @@ def chat_completions(svc: Svc, body: Any = Body(...)):
     return objects.completion(gens, req.model)
 
 
-def _sse(svc: Services, spec, adapter: str | None, gen: GenerateRequest, req: wire.ChatRequest) -> Iterator[str]:
+def _sse(svc: Services, spec: models.BaseModelSpec, adapter: str | None, gen: GenerateRequest,
+         req: wire.ChatRequest) -> Iterator[str]:
     """chat.completion.chunk events, `data: [DONE]` last. Text that might begin a stop sequence is held back until
     it is known not to; an error becomes an event in OpenAI's error shape (the SDK raises it), never a cut stream."""
     cid, created = objects.completion_id(), int(time.time())
@@ -120,6 +122,7 @@ def _sse(svc: Services, spec, adapter: str | None, gen: GenerateRequest, req: wi
 # ---------------------------------------------------------------- models
 
 def _tuned_entries(svc: Services) -> list[dict]:
+    """A model object for every tuned model and each of its checkpoints, newest model first."""
     out = []
     for model in svc.store.all_models():
         job = svc.store.get_job(model.job_id)
@@ -152,6 +155,8 @@ def retrieve_model(model: str, svc: Svc) -> dict:
 def delete_model(model: str, svc: Svc) -> dict:
     """A tuned model goes with its checkpoints, adapters and endpoints (as the Vertex models.delete route)."""
     tuned = tuned_model(svc, model)
+    if tuned is None:
+        target(svc, model)  # 404 unless it is a base model
     if tuned is None or tuned[1] is not None:
         raise ApiError(400, f"model: only a fine-tuned model (not a base model or a checkpoint) can be deleted, "
                             f"found {model!r:.200}")

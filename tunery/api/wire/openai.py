@@ -154,6 +154,7 @@ def parse_chat(body: Any) -> ChatRequest:
 # ---------------------------------------------------------------- fine-tuning jobs
 
 def _auto_int(value: Any, field: str, lo: int, hi: int) -> int | None:
+    """A hyperparameter that may be "auto" (None: tunery's default)."""
     return None if value == "auto" else int_field(value, field, lo, hi)
 
 
@@ -226,6 +227,7 @@ def ft_name(base: str, suffix: str | None, model_id: str) -> str:
 
 
 def checkpoint_name(model_name: str, step: int) -> str:
+    """OpenAI's name of a checkpoint of a fine-tuned model."""
     return f"{model_name}:ckpt-step-{step}"
 
 

@@ -35,6 +35,7 @@ def unix(ts: str | None) -> int | None:
 
 
 def job_id(job: Job) -> str:
+    """The OpenAI id of a job."""
     return JOB_PREFIX + job.id
 
 
@@ -51,11 +52,13 @@ def tuned_name(job: Job) -> str | None:
 
 
 def file_json(f: File) -> dict:
+    """An OpenAI file object."""
     return {"id": f.id, "object": "file", "bytes": f.bytes, "created_at": f.created_at, "filename": f.filename,
             "purpose": f.purpose, "status": "processed", "status_details": None, "expires_at": None}
 
 
 def _hyperparameters(cfg: dict) -> dict:
+    """The job's hyperparameters as OpenAI names them (defaults filled in)."""
     return {"n_epochs": cfg.get("epochs") or "auto", "batch_size": cfg.get("batch_size", DEFAULT_BATCH_SIZE),
             "learning_rate_multiplier": cfg.get("learning_rate_multiplier", 1.0)}
 
@@ -73,8 +76,9 @@ def job_json(job: Job, model_name: str | None) -> dict:
     return {"id": job_id(job), "object": "fine_tuning.job", "created_at": unix(job.create_time), "error": error,
             "fine_tuned_model": model_name if done else None,
             "finished_at": unix(job.end_time) if job.state in states.ENDED else None, "hyperparameters": hp,
-            "model": base_label(job), "organization_id": ORG, "result_files": [], "seed": oa.get("seed") or cfg.get("seed", 0),
-            "status": STATUS[job.state], "trained_tokens": (job.stats or {}).get("totalBillableTokenCount") if done else None,
+            "model": base_label(job), "organization_id": ORG, "result_files": [],
+            "seed": oa.get("seed") or cfg.get("seed", 0), "status": STATUS[job.state],
+            "trained_tokens": (job.stats or {}).get("totalBillableTokenCount") if done else None,
             "training_file": oa.get("training_file") or spec.get("trainingDatasetUri"),
             "validation_file": oa.get("validation_file") or spec.get("validationDatasetUri"),
             "estimated_finish": None, "integrations": [], "metadata": oa.get("metadata") or req.get("labels") or None,
@@ -149,6 +153,7 @@ def checkpoints(job: Job, model: Model, model_name: str, records: list[dict]) ->
 
 
 def model_json(name: str, created: int | None, owned_by: str) -> dict:
+    """An OpenAI model object."""
     return {"id": name, "object": "model", "created": created or 0, "owned_by": owned_by}
 
 
@@ -163,10 +168,12 @@ def page(items: list[dict], after: str | None, limit: int) -> dict:
 # ---------------------------------------------------------------- chat completions
 
 def completion_id() -> str:
+    """A fresh chat completion id."""
     return "chatcmpl-" + secrets.token_hex(12)
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    """OpenAI's usage object."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
 
