@@ -259,3 +259,16 @@ def test_the_example_follows_its_job_and_chats_with_the_model_and_a_checkpoint(e
     assert f"Checkpoint {job.fine_tuned_model}:ckpt-step-4: step 4, train loss " in example
     assert "Tuned model answer (" in example and f"checkpoint ({job.fine_tuned_model}:ckpt-step-4)" in example
     assert f"Vertex API: projects/openai/locations/us-central1/tuningJobs/{job.id[6:]}" in example
+
+
+def test_deleting_the_tuned_model_removes_it_from_both_apis(client, server, job):  # last: the others use the model
+    model_id = job.fine_tuned_model.rsplit(":", 1)[1]
+    with pytest.raises(openai.BadRequestError):  # a checkpoint goes with its model, not alone
+        client.models.delete(f"{job.fine_tuned_model}:ckpt-step-4")
+    assert client.models.delete(job.fine_tuned_model).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(job.fine_tuned_model)
+    vertex = httpx.get(f"{server.url}/v1/projects/openai/locations/us-central1/models/{model_id}",
+                       headers={"x-goog-api-key": KEY})
+    assert vertex.status_code == 404
+    assert client.fine_tuning.jobs.checkpoints.list(job.id).data == []

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, File, Form, UploadFile
+from fastapi import APIRouter, Body, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from tunery.api.errors import ApiError
@@ -145,8 +145,10 @@ def create_fine_tuning_job(svc: Svc, body: Any = Body(...)) -> dict:
 
 
 @router.get("/fine_tuning/jobs")
-def list_fine_tuning_jobs(svc: Svc, after: str | None = None, limit: int | None = None) -> dict:
+def list_fine_tuning_jobs(svc: Svc, request: Request, after: str | None = None, limit: int | None = None) -> dict:
     """Every job, whichever door created it, newest first."""
+    if any(k.startswith("metadata") for k in request.query_params):
+        raise ApiError(400, "metadata: filtering jobs by metadata is not supported by tunery")
     jobs, more = svc.store.jobs_after(_limit(limit), after.removeprefix(objects.JOB_PREFIX) if after else None)
     return {"object": "list", "data": [_job_json(svc, j) for j in jobs], "has_more": more}
 
