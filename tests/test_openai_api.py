@@ -136,6 +136,10 @@ def test_events_carry_the_metrics_jsonl_values_and_checkpoints_their_steps(clien
     assert [c.step_number for c in ckpts] == [8, 4]  # one per epoch of 4 steps, newest first
     assert [c.fine_tuned_model_checkpoint for c in ckpts] == [f"{job.fine_tuned_model}:ckpt-step-{s}" for s in (8, 4)]
     assert ckpts[1].metrics.train_loss == logged[4][mt.TRAIN_LOSS] and ckpts[0].metrics.full_valid_loss is not None
+    results = client.files.content(job.result_files[0]).text.splitlines()  # OpenAI's step_metrics.csv
+    assert results[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy" and len(results) == 9
+    assert results[4].split(",")[:2] == ["4", str(logged[4][mt.TRAIN_LOSS])]
+    assert client.files.retrieve(job.result_files[0]).purpose == "fine-tune-results"
 
 
 def vertex_answer(server, path: str, prompt: str, tokens: int) -> str:

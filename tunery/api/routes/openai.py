@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Body, File, Form, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from tunery.api.errors import ApiError
 from tunery.api.routes import tuning
@@ -99,13 +99,27 @@ def list_files(svc: Svc, after: str | None = None, limit: int | None = None, ord
     return {"object": "list", "data": [objects.file_json(f) for f in found], "has_more": more}
 
 
+def _results(svc: Services, file_id: str) -> tuple[Job, str] | None:
+    """A succeeded job and its results CSV, for a `file-results-<job id>` id (None for other ids)."""
+    if not file_id.startswith(objects.RESULTS_PREFIX):
+        return None
+    job = svc.store.get_job(file_id.removeprefix(objects.RESULTS_PREFIX))
+    if job is None or job.state != states.SUCCEEDED:
+        raise ApiError(404, f"file_id: no such file: {file_id!r:.80}")
+    return job, objects.results_csv(_records(job))
+
+
 @router.get("/files/{file_id}")
 def retrieve_file(file_id: str, svc: Svc) -> dict:
+    if (results := _results(svc, file_id)) is not None:
+        return objects.results_file_json(results[0], len(results[1].encode()))
     return objects.file_json(_file_or_404(svc, file_id))
 
 
 @router.get("/files/{file_id}/content")
-def file_content(file_id: str, svc: Svc) -> FileResponse:
+def file_content(file_id: str, svc: Svc) -> Response:
+    if (results := _results(svc, file_id)) is not None:
+        return Response(results[1], media_type="text/csv")
     found = _file_or_404(svc, file_id)
     return FileResponse(found.path, media_type="application/jsonl", filename=found.filename)
 

@@ -76,7 +76,8 @@ def job_json(job: Job, model_name: str | None) -> dict:
     return {"id": job_id(job), "object": "fine_tuning.job", "created_at": unix(job.create_time), "error": error,
             "fine_tuned_model": model_name if done else None,
             "finished_at": unix(job.end_time) if job.state in states.ENDED else None, "hyperparameters": hp,
-            "model": base_label(job), "organization_id": ORG, "result_files": [],
+            "model": base_label(job), "organization_id": ORG,
+            "result_files": [RESULTS_PREFIX + job.id] if done else [],
             "seed": oa.get("seed") or cfg.get("seed", 0), "status": STATUS[job.state],
             "trained_tokens": (job.stats or {}).get("totalBillableTokenCount") if done else None,
             "training_file": oa.get("training_file") or spec.get("trainingDatasetUri"),
@@ -84,6 +85,26 @@ def job_json(job: Job, model_name: str | None) -> dict:
             "estimated_finish": None, "integrations": [], "metadata": oa.get("metadata") or req.get("labels") or None,
             "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
             "user_provided_suffix": oa.get("suffix")}
+
+
+RESULTS_PREFIX = "file-results-"  # a job's step metrics as a CSV "file", made from metrics.jsonl when asked for
+RESULTS_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+
+
+def results_csv(records: list[dict]) -> str:
+    """OpenAI's step_metrics.csv: one row per logged step, empty cells where a metric was not logged."""
+    rows = [",".join(RESULTS_COLUMNS)]
+    for step, m in sorted(metrics_by_step(records).items()):
+        m = {**m, "train_accuracy": m.get("train_mean_token_accuracy")}
+        rows.append(",".join("" if m.get(c) is None else str(m[c]) for c in RESULTS_COLUMNS))
+    return "\n".join(rows) + "\n"
+
+
+def results_file_json(job: Job, size: int) -> dict:
+    """The file object of a job's results CSV."""
+    return {"id": RESULTS_PREFIX + job.id, "object": "file", "bytes": size, "created_at": unix(job.end_time) or 0,
+            "filename": "step_metrics.csv", "purpose": "fine-tune-results", "status": "processed",
+            "status_details": None, "expires_at": None}
 
 
 def metrics_by_step(records: list[dict]) -> dict[int, dict]:
