@@ -112,7 +112,7 @@ def test_job_retrieve_list_and_the_same_job_at_the_vertex_route(client, server, 
         "/models/" + job.fine_tuned_model.rsplit(":", 1)[1] + "@1")
     assert vertex["supervisedTuningSpec"]["trainingDatasetUri"].endswith(f"{job.training_file}.jsonl")
     assert vertex["supervisedTuningSpec"]["hyperParameters"]["epochCount"] == "2"
-    assert vertex["tunedModelDisplayName"] == "alerts"
+    assert vertex["tunedModelDisplayName"] == "alerts" and vertex["labels"] == {"example": "openai_finetune"}
 
 
 def test_events_carry_the_metrics_jsonl_values_and_checkpoints_their_steps(client, server, job):

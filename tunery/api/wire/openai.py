@@ -214,6 +214,8 @@ def vertex_body(req: CreateJob, train_uri: str, validation_uri: str | None) -> d
                                         "suffix": req.suffix, "seed": req.seed, "metadata": req.metadata}}
     if req.suffix:
         body["tunedModelDisplayName"] = req.suffix
+    if req.metadata:
+        body["labels"] = req.metadata  # Vertex's name for the same thing: the Vertex view and the model show them
     return body
 
 
