@@ -75,7 +75,8 @@ def save_upload(svc: Services, upload: UploadFile, purpose: str) -> StoredFile:
             shutil.copyfileobj(upload.file, out, 1 << 20)
         report = validate(tmp, fmt="openai")  # OpenAI chat format, as OpenAI requires
         if not report.valid:
-            raise ApiError(400, f"file: {upload.filename or 'the file'} is not a valid fine-tuning file: {_issues(report)}")
+            name = (upload.filename or "the file")[:80]
+            raise ApiError(400, f"file: {name} is not a valid fine-tuning file: {_issues(report)}")
         os.replace(tmp, final)  # a file is listed only once it is whole and valid
     finally:
         tmp.unlink(missing_ok=True)
