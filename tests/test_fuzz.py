@@ -1,9 +1,9 @@
 """A request fuzzer against a live server: thousands of mutated bodies, path ids and query strings, sent to every
 route the app has (taken from its own OpenAPI schema, so a new route is fuzzed without a test change).
 
-Each answer must be a 4xx or 2xx in the Vertex error shape when it is an error, never a 5xx; errors come back in
-under 2 s (a 200 that runs the model may take longer); afterwards the server still serves and the stored job,
-model and endpoints answer exactly as before. Seeded: a failure reproduces with the same seed
+Each answer must be a 4xx or 2xx in the Vertex error shape (OpenAI's on its routes) when it is an error, never a
+5xx; errors come back in under 2 s (a 200 that runs the model may take longer); afterwards the server still serves
+and the stored job, model and endpoints answer exactly as before. Seeded: a failure reproduces with the same seed
 (hypothesis prints it)."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from tests.helpers import contents, tunery_home, write_jsonl
 from tests.test_api import LiveServer, sdk, wait_done
+from tunery.api.errors import openai_path
 
 P = "projects/my-project/locations/us-central1"
 SEED = 20261121
@@ -108,6 +109,14 @@ def seed_body(path: str, ids: dict) -> dict:
                                          "hyperParameters": {"epochCount": "1", "adapterSize": "ADAPTER_SIZE_ONE"}}}
     if path.endswith(":undeployModel"):
         return {"deployedModelId": ids["model_id"]}
+    if path == "/v1/fine_tuning/jobs":
+        return {"model": "gemini-2.0-flash-001", "training_file": "file-x", "suffix": "fz", "seed": 1,
+                "metadata": {"a": "b"},
+                "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": "auto"}}}}
+    if path == "/v1/chat/completions":
+        return {"model": "gemini-2.0-flash-001", "messages": [{"role": "system", "content": "s"},
+                                                               {"role": "user", "content": [{"type": "text", "text": "q"}]}],
+                "max_tokens": 2, "temperature": 0.5, "top_p": 0.9, "stop": ["."], "n": 1, "seed": 3, "stream": False}
     return {"contents": [{"role": "user", "parts": [{"text": "q1"}]}], "systemInstruction": {"parts": [{"text": "s"}]},
             "generationConfig": {"maxOutputTokens": 2, "temperature": 0.5, "topP": 0.9, "stopSequences": ["."]}}
 
@@ -140,7 +149,10 @@ def check(r: httpx.Response, elapsed: float, what) -> None:
     if r.status_code >= 400:
         assert elapsed < ERROR_SECONDS, (what, elapsed)
         error = r.json()["error"]
-        assert set(error) == {"code", "message", "status"} and error["code"] == r.status_code, (what, r.text[:300])
+        if openai_path(r.request.url.path):  # the OpenAI-compatible routes answer in OpenAI's shape
+            assert set(error) == {"message", "type", "param", "code"}, (what, r.text[:300])
+        else:
+            assert set(error) == {"code", "message", "status"} and error["code"] == r.status_code, (what, r.text[:300])
 
 
 def send(client: httpx.Client, method: str, url: str, **kw) -> None:

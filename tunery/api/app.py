@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from tunery import console
 from tunery.api import errors
-from tunery.api.routes import endpoints, experiments, gce_metadata, generation, tuning
+from tunery.api.routes import endpoints, experiments, gce_metadata, generation, openai, openai_chat, tuning
 from tunery.api.services import LOOPBACK, ServerSettings, Services  # noqa: F401  (re-exported for callers)
 from tunery.jobs.store import Store
 from tunery.jobs.worker import Worker
@@ -49,14 +49,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
         if settings.api_key and not _authorized(request, settings.api_key) and not console.admits(request):
             if (page := console.refusal(request)) is not None:  # console pages send you to its sign-in page
                 return page
-            return JSONResponse(errors.error_body(401, "missing or wrong API key: send 'Authorization: Bearer KEY' "
-                                                       "or 'x-goog-api-key: KEY'"), status_code=401)
+            message = "missing or wrong API key: send 'Authorization: Bearer KEY' or 'x-goog-api-key: KEY'"
+            return JSONResponse(errors.body_for(request.url.path, 401, message), status_code=401)
         return await call_next(request)
 
     for version in API_VERSIONS:
         # endpoints before generation: `endpoints/{id}:undeployModel` before `endpoints/{id}:{method}`
         for routes in (tuning, endpoints, experiments, generation):
             app.include_router(routes.router, prefix=f"/{version}")
+    app.include_router(openai.router, prefix="/v1")  # OpenAI-compatible: files, fine_tuning/jobs (docs/api.md)
+    app.include_router(openai_chat.router, prefix="/v1")  # OpenAI-compatible: chat/completions, models
     app.include_router(endpoints.ui_router)
     app.include_router(gce_metadata.router)
     console.mount(app)  # the web console at /console (its session cookie is accepted on /console paths only)

@@ -97,8 +97,9 @@ class Limits:
 
 def scan_file(path: str | Path, *, kind: str = "train", template: ChatTemplate | None = None,
               limits: Limits | None = None, columns: Columns = Columns(), epochs: int = 1,
-              batch_size: int | None = None, max_issues: int = DEFAULT_MAX_ISSUES) -> FileReport:
-    """One pass over a dataset file: issues, fingerprints and statistics."""
+              batch_size: int | None = None, max_issues: int = DEFAULT_MAX_ISSUES, fmt: str | None = None) -> FileReport:
+    """One pass over a dataset file: issues, fingerprints and statistics. `fmt` reads every line as that format
+    (the OpenAI upload route: a line without an assistant turn is still OpenAI chat); None detects it per line."""
     rep = FileReport(str(path), kind, max_issues=max_issues)
     with open_checked(path):
         size = os.path.getsize(path)
@@ -114,11 +115,11 @@ def scan_file(path: str | Path, *, kind: str = "train", template: ChatTemplate |
             rep.add(issue)
             stats.drop(issue.code, line)
             continue
-        ex, fmt, issues = parse(obj, line, columns)
+        ex, found, issues = parse(obj, line, columns, fmt)
         for i in issues:
             rep.add(i)
-        if fmt:
-            formats[fmt] += 1
+        if found:
+            formats[found] += 1
         if ex is None:
             stats.drop(next(i.code for i in issues if i.severity == "error"), line)
             continue
@@ -235,11 +236,11 @@ def overlap(train: FileReport, val: FileReport) -> None:
 
 def validate(train: str | Path, validation: str | Path | None = None, *, template: ChatTemplate | None = None,
              limits: Limits | None = None, columns: Columns = Columns(), epochs: int = 1,
-             batch_size: int | None = None, max_issues: int = DEFAULT_MAX_ISSUES) -> Report:
+             batch_size: int | None = None, max_issues: int = DEFAULT_MAX_ISSUES, fmt: str | None = None) -> Report:
     """Validate a training file (and optionally a validation file). With a template, token limits are checked
     and token statistics computed; without one, only the schema is checked."""
     kw = dict(template=template, limits=limits, columns=columns, epochs=epochs, batch_size=batch_size,
-              max_issues=max_issues)
+              max_issues=max_issues, fmt=fmt)
     files = [scan_file(train, kind="train", **kw)]
     if validation is not None:
         files.append(scan_file(validation, kind="validation", **kw))

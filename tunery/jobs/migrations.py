@@ -83,6 +83,22 @@ def m003_endpoint_deployment_experiments_operations(db: sqlite3.Connection) -> N
     """)
 
 
+@migration
+def m004_openai_files(db: sqlite3.Connection) -> None:
+    """Files uploaded through the OpenAI-compatible API (POST /v1/files); their bytes live under the home."""
+    _run(db, """
+    CREATE TABLE files (
+        id TEXT PRIMARY KEY,              -- file-<hex>
+        filename TEXT NOT NULL,           -- as the client named it
+        purpose TEXT NOT NULL,            -- fine-tune
+        bytes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,      -- Unix seconds, as OpenAI sends it
+        path TEXT NOT NULL                -- where the bytes are (a training dataset URI)
+    );
+    CREATE INDEX files_by_time ON files (created_at, id)
+    """)
+
+
 def _run(db: sqlite3.Connection, script: str) -> None:
     """Execute statements one by one (executescript would COMMIT the migration's transaction early)."""
     for statement in script.split(";"):

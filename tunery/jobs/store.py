@@ -97,6 +97,18 @@ class Endpoint:
         return f"projects/{self.project}/locations/{self.location}/endpoints/{self.id}"
 
 
+@dataclass(frozen=True)
+class File:
+    """A file uploaded through the OpenAI-compatible API."""
+
+    id: str
+    filename: str
+    purpose: str
+    bytes: int
+    created_at: int
+    path: str
+
+
 EXPERIMENT_LIVE, RUN_CONTEXT_DELETED, EXPERIMENT_DELETED = 0, 1, 2
 
 
@@ -172,6 +184,15 @@ class Store:
                                   (*args, page_size + 1, offset)).fetchall()
         more = len(rows) > page_size
         return [_job(r) for r in rows[:page_size]], (offset + page_size if more else None)
+
+    def jobs_after(self, limit: int, after: str | None = None) -> tuple[list[Job], bool]:
+        """Every job (any project), newest first, starting after job `after`: a cursor page and whether more follow."""
+        sql, args = "SELECT * FROM jobs", []
+        if after is not None:
+            sql += " WHERE (create_time, id) < (SELECT create_time, id FROM jobs WHERE id = ?)"
+            args.append(after)
+        rows = self._db().execute(sql + " ORDER BY create_time DESC, id DESC LIMIT ?", (*args, limit + 1)).fetchall()
+        return [_job(r) for r in rows[:limit]], len(rows) > limit
 
     def jobs_in(self, *state_list: str) -> list[Job]:
         """Jobs in any of these states, oldest first (the worker's queue order)."""
@@ -269,6 +290,11 @@ class Store:
         more = len(rows) > page_size
         return [_model(r) for r in rows[:page_size]], (offset + page_size if more else None)
 
+    def all_models(self) -> list[Model]:
+        """Every tuned model (any project), newest first."""
+        rows = self._db().execute("SELECT * FROM models ORDER BY create_time DESC, id DESC").fetchall()
+        return [_model(r) for r in rows]
+
     def delete_model(self, model_id: str) -> Model | None:
         """Remove a tuned model and its endpoints (rows only; the caller removes files)."""
         with self._tx() as db:
@@ -319,3 +345,32 @@ class Store:
     def get_operation(self, name: str) -> dict | None:
         row = self._db().execute("SELECT body FROM operations WHERE name = ?", (name,)).fetchone()
         return json.loads(row["body"]) if row else None
+
+    # ---------------------------------------------------------------- files (OpenAI-compatible API)
+
+    def add_file(self, file: File) -> File:
+        self._db().execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                           (file.id, file.filename, file.purpose, file.bytes, file.created_at, file.path))
+        return file
+
+    def get_file(self, file_id: str) -> File | None:
+        row = self._db().execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+        return File(**dict(row)) if row else None
+
+    def files_after(self, limit: int, after: str | None, newest_first: bool, purpose: str | None
+                    ) -> tuple[list[File], bool]:
+        """A cursor page of files in created_at order, starting after file `after`; and whether more follow."""
+        op, order = ("<", "DESC") if newest_first else (">", "ASC")
+        where, args = [], []
+        if after is not None:
+            where.append(f"(created_at, id) {op} (SELECT created_at, id FROM files WHERE id = ?)")
+            args.append(after)
+        if purpose is not None:
+            where.append("purpose = ?")
+            args.append(purpose)
+        sql = "SELECT * FROM files" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._db().execute(f"{sql} ORDER BY created_at {order}, id {order} LIMIT ?", (*args, limit + 1)).fetchall()
+        return [File(**dict(r)) for r in rows[:limit]], len(rows) > limit
+
+    def delete_file(self, file_id: str) -> None:
+        self._db().execute("DELETE FROM files WHERE id = ?", (file_id,))

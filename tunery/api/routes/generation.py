@@ -62,7 +62,7 @@ def call(svc: Services, method: str, target, body: Any, *, sse: bool = True):
             return {"totalTokens": len(ids)}
         return {"tokensInfo": [{"role": "user", "tokenIds": [str(i) for i in ids],
                                 "tokens": [base64.b64encode(template.decode([i]).encode()).decode() for i in ids]}]}
-    req = _fit_context(wg.parse_generate(body), template, spec)
+    req = fit_context(wg.parse_generate(body), template, spec)
     if method == "generateContent":
         gens = svc.registry.generate(spec, adapter, [req.prompt] * req.candidate_count, req.config)
         return wg.response_json(gens, version)
@@ -72,17 +72,18 @@ def call(svc: Services, method: str, target, body: Any, *, sse: bool = True):
     return StreamingResponse(_json_array(chunks), media_type="application/json")  # Vertex REST without alt=sse
 
 
-def _fit_context(req: wg.GenerateRequest, template, spec: models.BaseModelSpec) -> wg.GenerateRequest:
-    """A prompt that leaves no room in the model's context is refused with its size, before any model work (a huge
-    one before it is even tokenized); the output budget is cut to the room left."""
+def fit_context(req: wg.GenerateRequest, template, spec: models.BaseModelSpec, field: str = "contents"
+                ) -> wg.GenerateRequest:
+    """A prompt that leaves no room in the model's context is refused with its size (naming `field`), before any
+    model work (a huge one before it is even tokenized); the output budget is cut to the room left."""
     limit = spec.max_tokens
     chars = sum(len(t.text) for t in req.prompt.turns) + len(req.prompt.system or "")
     if chars > limit * 64:  # far more text than any tokenizer packs into `limit` tokens
-        raise ApiError(400, f"contents: the prompt has {chars:,} characters, far over the model's context of "
+        raise ApiError(400, f"{field}: the prompt has {chars:,} characters, far over the model's context of "
                             f"{limit:,} tokens ({spec.name})")
     count = len(template.render_prompt(req.prompt.turns, req.prompt.system))
     if count >= limit:
-        raise ApiError(400, f"contents: the prompt has {count:,} tokens; the model's context is {limit:,} tokens "
+        raise ApiError(400, f"{field}: the prompt has {count:,} tokens; the model's context is {limit:,} tokens "
                             f"({spec.name}), which must also hold the answer")
     room = min(req.config.max_output_tokens, limit - count)
     return dataclasses.replace(req, config=dataclasses.replace(req.config, max_output_tokens=room))

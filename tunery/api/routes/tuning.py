@@ -46,15 +46,15 @@ def _tuned_model(svc: Services, name: str, field: str):
     return model
 
 
-def _config(svc: Services, req: wire.CreateTuningJob) -> tuple[dict, str]:
-    """TuningConfig fields from a parsed create request, datasets and the base model resolved; and the base model's
-    registry name."""
+def _config(svc: Services, req: wire.CreateTuningJob, extra: dict) -> tuple[dict, str]:
+    """TuningConfig fields from a parsed create request (and `extra` fields another door sets, like OpenAI's seed),
+    datasets and the base model resolved; and the base model's registry name."""
     roots, allow_http = svc.settings.allowed_roots, svc.settings.allow_http_datasets
     cfg: dict = {"train": datasets.resolve(req.train_uri, "supervisedTuningSpec.trainingDatasetUri", roots, allow_http)}
     if req.validation_uri:
         cfg["validation"] = datasets.resolve(req.validation_uri, "supervisedTuningSpec.validationDatasetUri", roots,
                                              allow_http)
-    cfg |= req.hyperparameters
+    cfg |= req.hyperparameters | extra
     cfg["export_last_checkpoint_only"] = req.export_last_checkpoint_only
     if req.pre_tuned:
         model = _tuned_model(svc, req.pre_tuned.model_id, "preTunedModel.tunedModelName")
@@ -112,17 +112,22 @@ def _validate_small(svc: Services, cfg: dict, spec: models.BaseModelSpec) -> Non
         raise ApiError(400, f"the dataset has errors: {lines}" + (f" (and {more} more)" if more > 0 else ""))
 
 
-@router.post(PLACE + "/tuningJobs")
-def create_tuning_job(project: str, location: str, svc: Svc, body: Any = Body(...)) -> dict:
+def create_job(svc: Services, project: str, location: str, body: Any, extra_config: dict | None = None) -> Job:
+    """Parse, resolve, validate and store a TuningJob create request: the one path every door (Vertex, console,
+    OpenAI) creates a job by, so a job is the same job whichever door made it."""
     req = wire.parse_create(body)
-    cfg, resolved = _config(svc, req)
+    cfg, resolved = _config(svc, req, extra_config or {})
     request = {**body, "baseModel": resolved, "_config": cfg}
     if (evaluation := _evaluation(svc, req.evaluation, cfg)) is not None:
         request["_evaluation"] = evaluation
     if req.base_model and req.base_model != resolved:
         request["requestedBaseModel"] = req.base_model
-    job = svc.store.create_job(project, location, request, svc.settings.home / "jobs")
-    return _job_json(svc, job)
+    return svc.store.create_job(project, location, request, svc.settings.home / "jobs")
+
+
+@router.post(PLACE + "/tuningJobs")
+def create_tuning_job(project: str, location: str, svc: Svc, body: Any = Body(...)) -> dict:
+    return _job_json(svc, create_job(svc, project, location, body))
 
 
 @router.get(PLACE + "/tuningJobs/{job_id}")
