@@ -240,8 +240,11 @@ def inspect_cmd(file, line_no, base_model, max_length, input_column, output_colu
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Run directory (re-run to resume).")
 @click.option("--save-interval-seconds", type=float, default=60.0, show_default=True,
               help="Save resume state at least this often (and at every checkpoint).")
+@click.option("--early-stopping-patience", type=int,
+              help="Stop after this many validation passes in a row without a better loss (needs --validation).")
 def tune_cmd(local, train_file, validation, base_model, epochs, learning_rate_multiplier, learning_rate, adapter_size,
-             batch_size, max_length, seed, export_last_checkpoint_only, output, save_interval_seconds):
+             batch_size, max_length, seed, export_last_checkpoint_only, output, save_interval_seconds,
+             early_stopping_patience):
     """Tune a LoRA adapter on a dataset. Re-running the same command on the same --output resumes after a crash.
 
     Example: tunery tune --local --train train.jsonl --validation val.jsonl --epochs 3 --output runs/alerts
@@ -257,7 +260,7 @@ def tune_cmd(local, train_file, validation, base_model, epochs, learning_rate_mu
                        learning_rate_multiplier=learning_rate_multiplier, learning_rate=learning_rate,
                        adapter_size=adapter_size, batch_size=batch_size, max_length=max_length, seed=seed,
                        export_last_checkpoint_only=export_last_checkpoint_only, output=output,
-                       save_interval_seconds=save_interval_seconds)
+                       save_interval_seconds=save_interval_seconds, early_stopping_patience=early_stopping_patience)
     progress = Progress(TextColumn("[bold]tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                         TimeRemainingColumn(), console=err, transient=False)
     task = None
@@ -276,6 +279,8 @@ def tune_cmd(local, train_file, validation, base_model, epochs, learning_rate_mu
             progress.update(task, completed=e["step"], info=info)
         elif e["event"] == "checkpoint":
             progress.console.print(f"checkpoint {e['checkpointId']} (epoch {e['epoch']}, step {e['step']}): {e['path']}")
+        elif e["event"] == "stopped_early":
+            progress.console.print(f"stopped early at step {e['step']}: {e['reason']}")
         elif e["event"] == "already_complete":
             err.print(f"{output} already holds a finished run ({e['steps']} steps)")
 
@@ -284,7 +289,9 @@ def tune_cmd(local, train_file, validation, base_model, epochs, learning_rate_mu
     finally:
         progress.stop()
     final = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
-    out.print(f"adapter: {result.output / 'adapter'}\nmetrics: {final}")
+    chosen = result.default_checkpoint or {}
+    out.print(f"adapter: {result.output / 'adapter'} (checkpoint {chosen.get('checkpointId')}: {chosen.get('reason')})"
+              f"\nmetrics: {final}")
 
 
 @cli.command("export")

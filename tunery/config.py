@@ -81,6 +81,7 @@ class TuningConfig:
     export_last_checkpoint_only: bool = False  # keep only the final checkpoint
     save_interval_seconds: float = 60.0  # resume state is saved at least this often (and at every checkpoint)
     init_adapter: str | None = None  # continue tuning from this adapter directory (Vertex preTunedModel)
+    early_stopping_patience: int | None = None  # stop after this many validation passes without a better loss
 
     def __post_init__(self) -> None:
         if self.epochs is not None and not 1 <= self.epochs <= MAX_EPOCHS:
@@ -95,6 +96,12 @@ class TuningConfig:
             raise ConfigError("--batch-size", f"expected a whole number from 1 to 4096, found {self.batch_size}")
         if self.max_length is not None and self.max_length < 8:
             raise ConfigError("--max-length", f"expected at least 8 tokens, found {self.max_length}")
+        if self.early_stopping_patience is not None and not 1 <= self.early_stopping_patience <= 100:
+            raise ConfigError("--early-stopping-patience",
+                              f"expected a whole number from 1 to 100, found {self.early_stopping_patience}")
+        if self.early_stopping_patience and not self.validation:
+            raise ConfigError("--early-stopping-patience", "expected a validation dataset to watch, found none",
+                              hint="add --validation FILE")
         if self.save_interval_seconds < 0:
             raise ConfigError("save_interval_seconds", f"expected >= 0, found {self.save_interval_seconds}")
 
@@ -107,4 +114,5 @@ class TuningConfig:
         return {"epochs": epochs, "learning_rate": self.peak_learning_rate, "learning_rate_multiplier": self.learning_rate_multiplier,
                 "adapter_size": self.adapter_size, "lora_alpha": 2 * self.adapter_size, "batch_size": self.batch_size,
                 "max_length": self.max_length, "seed": self.seed, "export_last_checkpoint_only": self.export_last_checkpoint_only,
-                "init_adapter": self.init_adapter}
+                "init_adapter": self.init_adapter,
+                **({"early_stopping_patience": self.early_stopping_patience} if self.early_stopping_patience else {})}

@@ -106,7 +106,9 @@ def run(run_dir: Path) -> int:
         _evaluate(run_dir, spec["evaluation"], base_model, adapter, spec.get("job", "tuned"))
     write_json(run_dir / RESULT_FILE, {
         "status": "succeeded", "adapter": adapter, "steps": result.steps, "epochs": result.epochs,
-        "metrics": result.metrics, "checkpoints": [{k: c[k] for k in ("checkpointId", "epoch", "step", "path")} for c in result.checkpoints],
+        "metrics": result.metrics, "checkpoints": [{**{k: c[k] for k in ("checkpointId", "epoch", "step", "path")},
+                         "default": c["checkpointId"] == result.default_checkpoint["checkpointId"]} for c in result.checkpoints],
+        "default_checkpoint": result.default_checkpoint, "early_stopping": result.early_stopping,
         "stats": progress.get("stats"),
         "base_model": base_model})
     return 0

@@ -41,6 +41,7 @@ from tunery.train.distributed import Dist
 from tunery.train import memory
 from tunery.train import metrics as mt
 from tunery.train.loss import linear_cross_entropy
+from tunery.train.selection import EarlyStop, default_checkpoint
 
 log = logging.getLogger("tunery")
 WARMUP_FRACTION = 0.05  # of all steps, linear warmup; then linear decay to zero
@@ -58,6 +59,8 @@ class RunResult:
     metrics: dict[str, float]  # last train (and eval) metrics
     checkpoints: list[dict] = field(default_factory=list)  # [{"checkpointId", "epoch", "step", "path"}]
     resumed_from: int | None = None  # step the run continued from, if it did
+    default_checkpoint: dict | None = None  # {"checkpointId", "step", "reason"}: what adapter/ holds, and why
+    early_stopping: dict | None = None  # {"step", "reason"} when validation loss stopped the run early
 
 
 def _sha256(path: str | None) -> str | None:
@@ -265,6 +268,8 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
     total = plan.total
     ids = ck.checkpoint_ids(plan.exports)  # {step: checkpoint id}, 1..K in Vertex cadence
     eval_every = max(1, math.ceil(total / EVALS_PER_RUN))
+    # validation passes: evenly spread, and at every checkpoint so the best one can be chosen by its loss
+    eval_steps = set(range(eval_every, total + 1, eval_every)) | {total} | set(plan.exports)
     if (done := _open_run_dir(out, identity, dist)) is not None:
         emit({"event": "already_complete", "steps": done.steps})
         return done
@@ -286,12 +291,13 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.peak_learning_rate, weight_decay=0.0)
-    step, resumed, exported = 0, None, []
+    step, resumed, exported, meta = 0, None, [], {}
     if (state := ck.latest_state(out)) is not None:
         meta = ck.load_state(state, model, optimizer)
         step = resumed = meta["step"]
         exported = meta.get("checkpoints", [i for s, i in ids.items() if s <= step])
         log.info("resuming %s from step %d of %d", out, step, total)
+    stopper = EarlyStop.restore(cfg.early_stopping_patience, meta.get("early_stopping"))
     if dist.is_main:
         ck.keep_checkpoints(out, exported)  # the ones written after this state are exported again, same ids
     log_ = mt.MetricsLog(out, step) if dist.is_main else None
@@ -308,7 +314,7 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
     last = dict(checkpoints[-1]["metrics"]) if checkpoints else {}
     order: tuple[int, list[list[int]]] = (-1, [])
     try:
-        while step < total:
+        while step < total and stopper.stopped is None:
             epoch, index = divmod(step, plan.steps_per_epoch)
             if order[0] != epoch:
                 order = (epoch, batch_order(lengths, cfg.batch_size, cfg.seed, epoch))
@@ -318,10 +324,12 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
             last = _train_step(model, optimizer, trainable, rows, pad_id, runtime, dist, step)
             step += 1
             crash("step")
-            if plan.val_rows and (step % eval_every == 0 or step == total):
+            stop = False
+            if plan.val_rows and step in eval_steps:
                 model.eval()
                 last |= evaluate(model, plan.val_rows, cfg.batch_size, pad_id, runtime, dist)
                 model.train()
+                stop = stopper.observe(step, last[mt.EVAL_LOSS])
             epoch_f = step / plan.steps_per_epoch
             emit({"event": "step", "step": step, "total_steps": total, "epoch": epoch_f, **last})
             if not dist.is_main:
@@ -330,17 +338,24 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
             trained.write(json.dumps({"step": step, "pid": os.getpid(), "resumed_from": resumed}) + "\n")
             trained.flush()
             crash("metrics")
-            if step in plan.exports:
-                manifest = {**identity, "step": step, "epoch": plan.exports[step], "metrics": last,
-                            "checkpoint_id": ids[step]}
-                path = ck.save_checkpoint(out, ids[step], model, manifest, lambda w: crash(f"checkpoint.{w}"))
+            if step in plan.exports or (stop and not (checkpoints and checkpoints[-1]["step"] == step)):
+                # an early stop exports where it stopped, numbered after the checkpoints before it
+                number = ids[step] if step in plan.exports else len(checkpoints) + 1
+                manifest = {**identity, "step": step, "epoch": plan.exports.get(step, math.ceil(epoch_f)),
+                            "metrics": last,
+                            "checkpoint_id": number}
+                path = ck.save_checkpoint(out, number, model, manifest, lambda w: crash(f"checkpoint.{w}"))
                 checkpoints.append(_ckpt_record(path))
                 emit({"event": "checkpoint", **checkpoints[-1]})
-            if step in plan.exports or step == total or time.monotonic() - last_save >= cfg.save_interval_seconds:
+            if step in plan.exports or step == total or stop or time.monotonic() - last_save >= cfg.save_interval_seconds:
                 # after the checkpoint, and naming it: a kill in between resumes before the export and redoes it
-                ck.save_state(out, model, optimizer, step, {"epoch": epoch_f, "checkpoints": [c["checkpointId"] for c in checkpoints]},
+                ck.save_state(out, model, optimizer, step, {"epoch": epoch_f, "checkpoints": [c["checkpointId"] for c in checkpoints],
+                                                            "early_stopping": stopper.state()},
                               lambda w: crash(f"state.{w}"))
                 last_save = time.monotonic()
+            if stop:
+                log.info("%s: stopped early at step %d of %d: %s", out, step, total, stopper.stopped["reason"])
+                emit({"event": "stopped_early", **stopper.stopped})
     except torch.OutOfMemoryError as exc:
         raise TrainingError(f"out of memory at step {step + 1}", hint="lower --batch-size or --max-length") from exc
     finally:
@@ -349,17 +364,21 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
             trained.close()
 
     # 5. artifacts: the final adapter and the run manifest
-    result = RunResult(out, total, plan.epochs, last, checkpoints, resumed)
+    chosen, why = default_checkpoint(checkpoints)
+    default = {"checkpointId": chosen["checkpointId"], "step": chosen["step"], "reason": why}
+    steps = stopper.stopped["step"] if stopper.stopped else total
+    result = RunResult(out, steps, plan.epochs, last, checkpoints, resumed, default, stopper.stopped)
     if dist.is_main:
-        final = Path(checkpoints[-1]["path"])
+        final = Path(chosen["path"])  # the adapter served by default is the chosen checkpoint's
         ck.write_atomically(out / ck.ADAPTER_DIR, lambda tmp: _copy_adapter(final, tmp))
-        ck.write_json(out / ck.MANIFEST, {**identity, "steps": total, "epochs": plan.epochs, "metrics": last,
+        ck.write_json(out / ck.MANIFEST, {**identity, "steps": steps, "epochs": plan.epochs, "metrics": last,
                                           "checkpoints": checkpoints, "adapter": str(out / ck.ADAPTER_DIR),
+                                          "default_checkpoint": default, "early_stopping": stopper.stopped,
                                           "precision": runtime.autocast or "float32", "device": runtime.device,
                                           "threads": recorded["threads"], "processes": dist.world})
     dist.barrier()
     distributed.shutdown(dist)
-    emit({"event": "done", "steps": total})
+    emit({"event": "done", "steps": steps})
     return result
 
 
@@ -372,7 +391,8 @@ def _open_run_dir(out: Path, identity: dict, dist: Dist) -> RunResult | None:
         _check_resumable(out, identity)
         if (out / ck.MANIFEST).is_file() and ck.is_complete(out / ck.ADAPTER_DIR):
             done = json.loads((out / ck.MANIFEST).read_text())
-            return RunResult(out, done["steps"], done["epochs"], done["metrics"], done["checkpoints"])
+            return RunResult(out, done["steps"], done["epochs"], done["metrics"], done["checkpoints"],
+                             default_checkpoint=done.get("default_checkpoint"), early_stopping=done.get("early_stopping"))
         if (out / ck.RUN_FILE).is_file():
             runtime = json.loads((out / ck.RUN_FILE).read_text()).get("runtime")
     if dist.is_main:

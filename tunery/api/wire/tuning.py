@@ -95,7 +95,10 @@ def hyperparameters(spec: dict) -> dict:
            "learning_rate_multiplier": float_field(get(hp, "learningRateMultiplier"), f"{where}.learningRateMultiplier", 0, 100),
            "adapter_size": adapter_size(get(hp, "adapterSize"), f"{where}.adapterSize"),
            "batch_size": int_field(get(hp, "batchSize"), f"{where}.batchSize", 1, 4096),
-           "learning_rate": float_field(get(hp, "learningRate"), f"{where}.learningRate", 0, 1)}
+           "learning_rate": float_field(get(hp, "learningRate"), f"{where}.learningRate", 0, 1),
+           # tunery's own: stop after this many validation passes without a better loss (Vertex has no such field)
+           "early_stopping_patience": int_field(get(hp, "earlyStoppingPatience"), f"{where}.earlyStoppingPatience",
+                                                1, 100)}
     mode = get(spec, "tuningMode")
     if mode not in (None, "TUNING_MODE_UNSPECIFIED", "TUNING_MODE_PEFT_ADAPTER"):
         raise ApiError(400, f"supervisedTuningSpec.tuningMode: expected TUNING_MODE_PEFT_ADAPTER, found {mode!r} "
@@ -204,8 +207,13 @@ def model_json(model: Model, endpoints: list[Endpoint]) -> dict:
             "versionId": "1", "createTime": model.create_time, "updateTime": model.update_time,
             "labels": {**(model.labels or {}), "google-vertex-llm-tuning-base-model-id": model.base_model},
             "deployedModels": [{"endpoint": final.name, "deployedModelId": model.id}] if final else [],
-            "defaultCheckpointId": model.checkpoints[-1]["checkpointId"] if model.checkpoints else None,
+            "defaultCheckpointId": default_checkpoint_id(model.checkpoints),
             "checkpoints": [{"checkpointId": c["checkpointId"], "epoch": str(c["epoch"]), "step": str(c["step"])}
                             for c in model.checkpoints]}
 
 
+def default_checkpoint_id(checkpoints: list[dict]) -> str | None:
+    """The checkpoint the tuning chose (lowest validation loss, tunery/train/selection.py); the last for models
+    tuned before it chose."""
+    chosen = [c for c in checkpoints if c.get("default")]
+    return (chosen or checkpoints or [{}])[-1].get("checkpointId")
