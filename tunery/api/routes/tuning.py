@@ -115,13 +115,16 @@ def _validate_small(svc: Services, cfg: dict, spec: models.BaseModelSpec) -> Non
 @router.post(PLACE + "/tuningJobs")
 def create_tuning_job(project: str, location: str, svc: Svc, body: Any = Body(...)) -> dict:
     req = wire.parse_create(body)
+    if req.workers > 1 and svc.worker.executor.name != "ray":
+        raise ApiError(400, f"workers: {req.workers} data-parallel workers need the Ray executor (tunery serve "
+                            "--executor ray); this server runs jobs as local processes, one worker each")
     cfg, resolved = _config(svc, req)
-    request = {**body, "baseModel": resolved, "_config": cfg}
+    request = {**body, "baseModel": resolved, "_config": cfg, "_workers": req.workers}
     if (evaluation := _evaluation(svc, req.evaluation, cfg)) is not None:
         request["_evaluation"] = evaluation
     if req.base_model and req.base_model != resolved:
         request["requestedBaseModel"] = req.base_model
-    job = svc.store.create_job(project, location, request, svc.settings.home / "jobs")
+    job = svc.store.create_job(project, location, request, svc.settings.runs_root)
     return _job_json(svc, job)
 
 
@@ -144,6 +147,13 @@ def list_tuning_jobs(project: str, location: str, svc: Svc, pageSize: int | None
     if nxt is not None:
         out["nextPageToken"] = str(nxt)
     return out
+
+
+@router.get(PLACE + "/tuningJobs/{job_id}/logs")
+def tuning_job_logs(project: str, location: str, job_id: str, svc: Svc) -> dict:
+    """tunery extension: the tuning process's output (the child's log.txt, or the Ray job logs of each attempt)."""
+    job = _job_or_404(svc, job_id)
+    return {"executor": svc.worker.executor.name, "logs": svc.worker.logs(job)}
 
 
 @router.post(PLACE + "/tuningJobs/{job_id}:cancel")

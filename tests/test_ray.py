@@ -1,0 +1,309 @@
+"""The Ray executor against a real local Ray cluster: `ray start --head` on 127.0.0.1 with token auth and 2 CPUs,
+started once for this module and stopped by its PID. Jobs go in through the google-genai SDK and REST as usual and
+run as Ray jobs (Jobs API) of Ray Train; kills of the Ray worker and of `tunery serve` are survived; cancel stops
+the Ray job; a wrong token is refused. Resumes are checked on trained.jsonl (every step every process trained)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import contents, tunery_home, write_jsonl
+from tests.test_api import LiveServer, _free_port, sdk
+from tunery.jobs.executors import ExecutorError
+from tunery.train import metrics as mt
+
+pytest.importorskip("ray.job_submission")
+RAY_BIN = Path(sys.executable).parent / "ray"
+REST = "/v1beta1/projects/p/locations/l/tuningJobs"
+
+
+class RayHead:
+    """`ray start --head --block` as our child in its own session: SIGTERM to its PID stops the cluster it started
+    (--block tears its processes down); whatever survives is killed by process group, never by name."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.temp = Path(tempfile.mkdtemp(prefix="tr-", dir="/tmp"))  # short: Ray's unix sockets live in here
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
+               "PATH": f"{RAY_BIN.parent}:{os.environ.get('PATH', '')}"}  # `python` in entrypoints is this venv's
+        self.proc = subprocess.Popen(
+            [str(RAY_BIN), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+             "--num-gpus", "0", "--port", str(_free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port",
+             str(self.port), "--temp-dir", str(self.temp), "--disable-usage-stats", "--include-dashboard", "true"],
+            env=env, stdout=open(self.temp / "head.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/api/jobs/", headers=self.headers, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None, (self.temp / "head.log").read_text()[-3000:]
+            time.sleep(0.5)
+        raise AssertionError("Ray head did not come up: " + (self.temp / "head.log").read_text()[-3000:])
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def jobs(self) -> dict[str, str]:
+        """submission id -> status, from Ray's own job list."""
+        r = httpx.get(f"{self.url}/api/jobs/", headers=self.headers, timeout=10)
+        return {j["submission_id"]: j["status"] for j in r.json() if j.get("submission_id")}
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        try:  # stragglers of this cluster only: they share the session (and group) we gave `ray start`
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    head = RayHead(secrets.token_hex(32))
+    yield head
+    head.stop()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, tiny_model_dir):
+    colours = ["red", "green", "blue", "black", "white", "pink", "grey", "brown"]
+    rows = [contents(("user", f"Colour {i}: {c}?"), ("model", f"It is {c}.")) for i, c in enumerate(colours * 3)]
+    old = os.environ.get("TUNERY_SAVE_INTERVAL_SECONDS")
+    os.environ["TUNERY_SAVE_INTERVAL_SECONDS"] = "0"  # jobs save resume state every step (forwarded to Ray)
+    with tunery_home(tmp_path_factory.mktemp("ray-home"), tiny_model_dir) as home:
+        (home / "data").mkdir()
+        write_jsonl(home / "data" / "train.jsonl", rows[:16])
+        write_jsonl(home / "data" / "val.jsonl", rows[16:])
+        yield home
+    if old is None:
+        os.environ.pop("TUNERY_SAVE_INTERVAL_SECONDS")
+    else:
+        os.environ["TUNERY_SAVE_INTERVAL_SECONDS"] = old
+
+
+@pytest.fixture(scope="module")
+def server(home, ray_head):
+    with LiveServer(home, executor="ray", ray_address=ray_head.url, ray_token=ray_head.token,
+                    max_concurrent_jobs=2) as live:  # 2 Ray CPUs: two 1-worker jobs at once
+        yield live
+
+
+def create(url: str, home: Path, epochs: int, workers: int | None = None, batch: int = 8) -> dict:
+    body = {"baseModel": "gemini-2.0-flash-001", "supervisedTuningSpec": {
+        "trainingDatasetUri": str(home / "data" / "train.jsonl"),
+        "hyperParameters": {"epochCount": epochs, "batchSize": batch}}}
+    if workers is not None:
+        body["workers"] = workers
+    r = httpx.post(url + REST, json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def get(url: str, name: str) -> dict:
+    return httpx.get(f"{url}/v1beta1/{name}", timeout=30).json()
+
+
+def wait(url: str, name: str, predicate, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    job: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            job = get(url, name)
+        except httpx.HTTPError:  # a server being restarted
+            job = {}
+        if job and predicate(job):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"timed out; last: {json.dumps(job)[:800]}")
+
+
+def ended(job: dict) -> bool:
+    return job["state"] in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
+
+
+def run_dir(home: Path, job: dict) -> Path:
+    return home / "jobs" / job["name"].rsplit("/", 1)[1]
+
+
+def trained(home: Path, job: dict) -> list[dict]:
+    path = run_dir(home, job) / "run" / "trained.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def job_id(job) -> str:
+    return (job["name"] if isinstance(job, dict) else job.name).rsplit("/", 1)[1]
+
+
+# ---------------------------------------------------------------- security: refused before anything runs
+
+def test_wrong_token_and_open_remote_ray_are_refused(ray_head, tmp_path):
+    from tunery.jobs.executors.ray import RayExecutor
+
+    with pytest.raises(ExecutorError, match="refused the token"):
+        RayExecutor(ray_head.url, token="not-the-token")
+    with pytest.raises(ExecutorError, match="requires a token"):
+        RayExecutor(ray_head.url)
+    with pytest.raises(ExecutorError, match="without a token.*CVE-2023-48022"):
+        RayExecutor("http://10.1.2.3:8265")
+    proc = subprocess.run([sys.executable, "-m", "tunery.cli", "serve", "--home", str(tmp_path), "--executor", "ray",
+                           "--ray-address", ray_head.url, "--ray-token", "not-the-token"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "refused the token" in proc.stderr, proc.stderr
+
+
+def test_workers_field_is_validated_and_local_servers_refuse_more_than_one(home, tmp_path):
+    with LiveServer(home, start_worker=False) as local:
+        for bad in (0, 65, "two", True, 1.5):
+            r = httpx.post(local.url + REST, json={"baseModel": "gemini-2.0-flash-001", "workers": bad,
+                                                   "supervisedTuningSpec": {"trainingDatasetUri": str(home / "data" / "train.jsonl")}})
+            assert r.status_code == 400 and r.json()["error"]["message"].startswith("workers:"), (bad, r.text)
+        r = httpx.post(local.url + REST, json={"baseModel": "gemini-2.0-flash-001", "workers": 2,
+                                               "supervisedTuningSpec": {"trainingDatasetUri": str(home / "data" / "train.jsonl")}})
+        assert r.status_code == 400 and "need the Ray executor" in r.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------- a job through the SDK, and data parallel
+
+@pytest.fixture(scope="module")
+def sdk_and_pair(server, home):
+    """The SDK job (1 worker) and a 2-worker REST job with the same data and hyperparameters, run side by side
+    (a 1-worker job takes one of the cluster's 2 CPUs, so the 2-worker job starts when the first one is done)."""
+    from google.genai import types
+
+    client = sdk(server.url)
+    job = client.tunings.tune(base_model="gemini-2.0-flash-001",
+                              training_dataset=types.TuningDataset(gcs_uri=str(home / "data" / "train.jsonl")),
+                              config=types.CreateTuningJobConfig(
+                                  epoch_count=3, tuned_model_display_name="on-ray",
+                                  validation_dataset=types.TuningValidationDataset(gcs_uri=str(home / "data" / "val.jsonl"))))
+    pair = create(server.url, home, epochs=3, workers=2)
+    first = wait(server.url, job.name, ended)
+    second = wait(server.url, pair["name"], ended)
+    return client.tunings.get(name=job.name), first, second
+
+
+def test_a_job_from_the_sdk_runs_on_ray_and_serves(sdk_and_pair, server, home, ray_head):
+    job, raw, _ = sdk_and_pair
+    assert job.state.name == "JOB_STATE_SUCCEEDED", (job.error, get(server.url, job.name))
+    assert ray_head.jobs()[f"tunery-{job_id(job)}-a1"] == "SUCCEEDED"  # it ran as that Ray job
+    records = mt.read_metrics(run_dir(home, raw) / "run")
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert any(mt.EVAL_LOSS in r for r in records)  # validation ran on the Ray worker
+    assert raw["tuningJobMetadata"]["completedStepCount"] == "6" or raw["tuningJobMetadata"]["completedStepCount"] == 6
+    assert job.tuned_model.checkpoints and job.tuned_model.endpoint
+    reply = sdk(server.url).models.generate_content(model=job.tuned_model.endpoint, contents="Colour 3: black?",
+                                                    config={"max_output_tokens": 4})
+    assert reply.text is not None
+    logs = httpx.get(f"{server.url}/v1beta1/{job.name}/logs", timeout=30).json()
+    assert logs["executor"] == "ray" and "1 Ray Train worker(s)" in logs["logs"]
+
+
+def test_two_ray_train_workers_match_one(sdk_and_pair, home, ray_head):
+    """Ray Train's process group under the same train(): each rank takes half of every batch and gradients are
+    summed, so 2 workers give the 1-worker losses (up to float reassociation), as the torchrun test checks."""
+    _, one, two = sdk_and_pair
+    assert two["state"] == "JOB_STATE_SUCCEEDED", two.get("error")
+    a, b = mt.read_metrics(run_dir(home, two) / "run"), mt.read_metrics(run_dir(home, one) / "run")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
+    assert [r[mt.TRAIN_PREDICTIONS] for r in a] == [r[mt.TRAIN_PREDICTIONS] for r in b]
+    for x, y in zip(a, b):
+        assert x[mt.TRAIN_LOSS] == pytest.approx(y[mt.TRAIN_LOSS], rel=2e-3)
+    assert json.loads((run_dir(home, two) / "run" / "manifest.json").read_text())["processes"] == 2
+
+
+# ---------------------------------------------------------------- failures
+
+def test_killed_ray_worker_resumes_from_its_checkpoint(server, home, ray_head):
+    job = create(server.url, home, epochs=40)  # 80 steps: long enough to be killed mid-run
+    wait(server.url, job["name"], lambda j: len(trained(home, j)) >= 4)
+    victim = trained(home, job)[-1]["pid"]  # the Ray Train worker process (rank 0) writing the steps
+    os.kill(victim, signal.SIGKILL)
+    done = wait(server.url, job["name"], ended, timeout=240)
+    assert done["state"] == "JOB_STATE_SUCCEEDED", done.get("error")
+    steps = trained(home, job)
+    after = [r for r in steps if r["pid"] != victim]
+    assert after and after[0]["resumed_from"] is not None and after[0]["resumed_from"] >= 3  # not from step 0
+    assert after[-1]["step"] == 80
+    assert [r["step"] for r in mt.read_metrics(run_dir(home, job) / "run")] == list(range(1, 81))
+
+
+def test_cancel_stops_the_ray_job(server, home, ray_head):
+    from google.genai import types  # noqa: F401  (the SDK's cancel, as a notebook calls it)
+
+    job = create(server.url, home, epochs=60)
+    wait(server.url, job["name"], lambda j: len(trained(home, j)) >= 2)
+    sdk(server.url).tunings.cancel(name=job["name"])
+    done = wait(server.url, job["name"], ended, timeout=60)
+    assert done["state"] == "JOB_STATE_CANCELLED"
+    sid = f"tunery-{job_id(job)}-a1"
+    deadline = time.monotonic() + 30
+    while ray_head.jobs()[sid] != "STOPPED" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_head.jobs()[sid] == "STOPPED"
+
+
+def test_killed_server_reattaches_to_the_running_ray_job(ray_head, tiny_model_dir, tmp_path):
+    """SIGKILL `tunery serve` mid-job: the Ray job runs on; the next server asks Ray about the attempt's submission
+    id and re-attaches (no second submission), then records the outcome."""
+    (tmp_path / "config.toml").write_text(f'default_base_model = "{tiny_model_dir}"\nexecutor = "ray"\n'
+                                          f'ray_address = "{ray_head.url}"\n')
+    (tmp_path / "data").mkdir()
+    colours = ["red", "green", "blue", "black", "white", "pink", "grey", "brown"]
+    write_jsonl(tmp_path / "data" / "train.jsonl", [contents(("user", f"Colour {i}: {c}?"), ("model", f"It is {c}."))
+                                                    for i, c in enumerate(colours * 2)])
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "TUNERY_HOME": str(tmp_path), "RAY_AUTH_TOKEN": ray_head.token}
+
+    def serve() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "tunery.cli", "serve", "--port", str(port)], env=env,
+                                stdout=open(tmp_path / "serve.log", "ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(url + REST, timeout=2)
+                return proc
+            except httpx.HTTPError:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+                time.sleep(0.3)
+        raise AssertionError("server did not start")
+
+    first = serve()
+    try:
+        job = create(url, tmp_path, epochs=25)
+        wait(url, job["name"], lambda j: len(trained(tmp_path, j)) >= 3)
+        first.kill()
+        first.wait()
+    finally:
+        first.kill()
+    sid = f"tunery-{job_id(job)}-a1"
+    assert ray_head.jobs()[sid] in ("PENDING", "RUNNING")  # the Ray job outlived the server
+    second = serve()
+    try:
+        done = wait(url, job["name"], ended, timeout=180)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)
+    assert done["state"] == "JOB_STATE_SUCCEEDED", done.get("error")
+    mine = sorted(s for s in ray_head.jobs() if s.startswith(f"tunery-{job_id(job)}-"))
+    assert mine == [sid]  # one submission: re-attached, not resubmitted
+    assert {r["resumed_from"] for r in trained(tmp_path, job)} == {None}  # one uninterrupted run on Ray
