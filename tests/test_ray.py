@@ -198,6 +198,8 @@ def sdk_and_pair(server, home):
     pair = create(server.url, home, epochs=3, workers=2)
     first = wait(server.url, job.name, ended)
     second = wait(server.url, pair["name"], ended)
+    for j in (first, second):
+        print("ray job", j["name"], j["createTime"], j.get("startTime"), j.get("endTime"))
     return client.tunings.get(name=job.name), first, second
 
 
@@ -210,8 +212,9 @@ def test_a_job_from_the_sdk_runs_on_ray_and_serves(sdk_and_pair, server, home, r
     assert any(mt.EVAL_LOSS in r for r in records)  # validation ran on the Ray worker
     assert raw["tuningJobMetadata"]["completedStepCount"] == "6" or raw["tuningJobMetadata"]["completedStepCount"] == 6
     assert job.tuned_model.checkpoints and job.tuned_model.endpoint
-    reply = sdk(server.url).models.generate_content(model=job.tuned_model.endpoint, contents="Colour 3: black?",
-                                                    config={"max_output_tokens": 4})
+    client = sdk(server.url)  # kept in a variable: a garbage-collected client closes its connection pool
+    reply = client.models.generate_content(model=job.tuned_model.endpoint, contents="Colour 3: black?",
+                                           config={"max_output_tokens": 4})
     assert reply.text is not None
     logs = httpx.get(f"{server.url}/v1beta1/{job.name}/logs", timeout=30).json()
     assert logs["executor"] == "ray" and "1 Ray Train worker(s)" in logs["logs"]
