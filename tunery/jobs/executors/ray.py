@@ -25,6 +25,7 @@ from tunery.jobs.store import Job
 log = logging.getLogger("tunery")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+MIN_RAY = (2, 54)  # the first Ray with token authentication (RAY_AUTH_MODE=token)
 # Forwarded to the Ray job when set here: where tunery and its caches are, and the knobs tests and operators turn.
 # (PYTHONPATH only matters on a one-machine cluster; a real cluster has tunery installed in its image.)
 FORWARDED_ENV = ("PYTHONPATH", "TUNERY_HOME", "HF_HOME", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS",
@@ -58,7 +59,14 @@ class RayExecutor:
 
     def __post_init__(self) -> None:
         check_address(self.address, self.token)
-        from ray.job_submission import JobSubmissionClient
+        try:
+            import ray
+            from ray.job_submission import JobSubmissionClient
+        except ImportError:
+            raise ExecutorError("--executor ray needs Ray: pip install 'tunery[ray]'") from None
+        if tuple(int(x) for x in re.findall(r"\d+", ray.__version__)[:2]) < MIN_RAY:
+            raise ExecutorError(f"Ray {ray.__version__} has no token authentication; tunery needs Ray >= "
+                                f"{'.'.join(map(str, MIN_RAY))} (pip install 'tunery[ray]')")
 
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         try:
