@@ -171,6 +171,20 @@ def test_wrong_token_and_open_remote_ray_are_refused(ray_head, tmp_path):
     assert proc.returncode == 2 and "refused the token" in proc.stderr, proc.stderr
 
 
+def test_an_attempt_ray_does_not_know_is_requeued_not_waited_for(ray_head):
+    """A submission Ray never got (the server died between claim and submit) or forgot (a new head): reattach
+    answers None (the job is requeued) and poll reports an end (a crash, resubmitted), never 'still running'."""
+    from types import SimpleNamespace
+
+    from tunery.jobs.executors import Handle
+    from tunery.jobs.executors.ray import RayExecutor
+
+    ex = RayExecutor(ray_head.url, token=ray_head.token)
+    assert ex.reattach(SimpleNamespace(id="123", attempts=7, run_dir="/nonexistent")) is None
+    ended = ex.poll(Handle("123", Path("/nonexistent"), "tunery-123-a7"))
+    assert ended is not None and ended.code == 1 and "unknown to Ray" in ended.how
+
+
 def test_workers_field_is_validated_and_local_servers_refuse_more_than_one(home, tmp_path):
     with LiveServer(home, start_worker=False) as local:
         for bad in (0, 65, "two", True, 1.5):
@@ -199,8 +213,6 @@ def sdk_and_pair(server, home):
     pair = create(server.url, home, epochs=3, workers=2)
     first = wait(server.url, job.name, ended)
     second = wait(server.url, pair["name"], ended)
-    for j in (first, second):
-        print("ray job", j["name"], j["createTime"], j.get("startTime"), j.get("endTime"))
     return client.tunings.get(name=job.name), first, second
 
 
@@ -219,6 +231,12 @@ def test_a_job_from_the_sdk_runs_on_ray_and_serves(sdk_and_pair, server, home, r
     assert reply.text is not None
     logs = httpx.get(f"{server.url}/v1beta1/{job.name}/logs", timeout=30).json()
     assert logs["executor"] == "ray" and "1 Ray Train worker(s)" in logs["logs"]
+    from click.testing import CliRunner
+
+    from tunery.cli_jobs import jobs_logs_cmd
+
+    out = CliRunner().invoke(jobs_logs_cmd, [job_id(job), "--server", server.url, "--project", "my-project"])
+    assert out.exit_code == 0 and f"Ray job tunery-{job_id(job)}-a1 (attempt 1)" in out.output, out.output[-2000:]
 
 
 def test_two_ray_train_workers_match_one(sdk_and_pair, home, ray_head):

@@ -96,6 +96,11 @@ class RayExecutor:
     def poll(self, handle: Handle) -> Exit | None:
         try:
             info = self._client.get_job_info(handle.ref)
+        except RuntimeError as exc:
+            if _unknown(exc):  # the cluster forgot it (a new head, no GCS fault tolerance): a crash, resubmitted
+                return Exit(1, f"is unknown to Ray (job {handle.ref}; was the Ray head restarted?)")
+            log.warning("Ray at %s: %s", self.address, exc)
+            return None
         except Exception as exc:  # Ray unreachable for a moment: the job is not lost, ask again next tick
             if time.monotonic() - self._warned > 60:
                 log.warning("cannot reach Ray at %s to poll %s: %s", self.address, handle.ref, exc)
@@ -134,8 +139,8 @@ class RayExecutor:
         try:
             self._client.get_job_info(sid)
         except RuntimeError as exc:
-            if "404" in str(exc) or "does not exist" in str(exc):
-                return None  # never submitted (the server died in between): requeue
+            if _unknown(exc):
+                return None  # never submitted (the server died in between) or forgotten by Ray: requeue
             raise ExecutorError(_explain(exc, self.address)) from None
         except Exception as exc:
             raise ExecutorError(_explain(exc, self.address)) from None
@@ -147,6 +152,11 @@ class RayExecutor:
     def submissions(self) -> list[str]:
         """Submission ids Ray knows (for tests and operators)."""
         return [j.submission_id for j in self._client.list_jobs() if j.submission_id]
+
+
+def _unknown(exc: Exception) -> bool:
+    """Whether Ray answered that it has no such job."""
+    return "404" in str(exc) or "does not exist" in str(exc)
 
 
 def _explain(exc: Exception, address: str) -> str:
