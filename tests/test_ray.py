@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +76,7 @@ class RayHead:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -199,9 +201,10 @@ def test_workers_field_is_validated_and_local_servers_refuse_more_than_one(home,
 # ---------------------------------------------------------------- a job through the SDK, and data parallel
 
 @pytest.fixture(scope="module")
-def sdk_and_pair(server, home):
-    """The SDK job (1 worker) and a 2-worker REST job with the same data and hyperparameters, run side by side
-    (a 1-worker job takes one of the cluster's 2 CPUs, so the 2-worker job starts when the first one is done)."""
+def jobs(server, home, ray_head):
+    """Three jobs side by side, as Ray's 2 CPUs allow: the SDK job (1 worker) and a long job (1 worker) start at
+    once; the long one is cancelled through the SDK after 2 steps; then a 2-worker REST job with the SDK job's data
+    and hyperparameters gets both CPUs. (Ray job start-up costs tens of seconds here: overlap what can be.)"""
     from google.genai import types
 
     client = sdk(server.url)
@@ -210,14 +213,24 @@ def sdk_and_pair(server, home):
                               config=types.CreateTuningJobConfig(
                                   epoch_count=3, tuned_model_display_name="on-ray",
                                   validation_dataset=types.TuningValidationDataset(gcs_uri=str(home / "data" / "val.jsonl"))))
+    long = create(server.url, home, epochs=60)
     pair = create(server.url, home, epochs=3, workers=2)
+    wait(server.url, long["name"], lambda j: len(trained(home, j)) >= 2)
+    client.tunings.cancel(name=long["name"])
+    cancelled = wait(server.url, long["name"], ended, timeout=60)
+    sid = f"tunery-{job_id(long)}-a1"
+    deadline = time.monotonic() + 30
+    while ray_head.jobs()[sid] != "STOPPED" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    stopped = ray_head.jobs()[sid]
     first = wait(server.url, job.name, ended)
     second = wait(server.url, pair["name"], ended)
-    return client.tunings.get(name=job.name), first, second
+    return {"sdk": client.tunings.get(name=job.name), "one": first, "two": second, "cancelled": cancelled,
+            "ray_status_after_cancel": stopped}
 
 
-def test_a_job_from_the_sdk_runs_on_ray_and_serves(sdk_and_pair, server, home, ray_head):
-    job, raw, _ = sdk_and_pair
+def test_a_job_from_the_sdk_runs_on_ray_and_serves(jobs, server, home, ray_head):
+    job, raw = jobs["sdk"], jobs["one"]
     assert job.state.name == "JOB_STATE_SUCCEEDED", (job.error, get(server.url, job.name))
     assert ray_head.jobs()[f"tunery-{job_id(job)}-a1"] == "SUCCEEDED"  # it ran as that Ray job
     records = mt.read_metrics(run_dir(home, raw) / "run")
@@ -239,10 +252,10 @@ def test_a_job_from_the_sdk_runs_on_ray_and_serves(sdk_and_pair, server, home, r
     assert out.exit_code == 0 and f"Ray job tunery-{job_id(job)}-a1 (attempt 1)" in out.output, out.output[-2000:]
 
 
-def test_two_ray_train_workers_match_one(sdk_and_pair, home, ray_head):
+def test_two_ray_train_workers_match_one(jobs, home):
     """Ray Train's process group under the same train(): each rank takes half of every batch and gradients are
     summed, so 2 workers give the 1-worker losses (up to float reassociation), as the torchrun test checks."""
-    _, one, two = sdk_and_pair
+    one, two = jobs["one"], jobs["two"]
     assert two["state"] == "JOB_STATE_SUCCEEDED", two.get("error")
     a, b = mt.read_metrics(run_dir(home, two) / "run"), mt.read_metrics(run_dir(home, one) / "run")
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
@@ -254,20 +267,10 @@ def test_two_ray_train_workers_match_one(sdk_and_pair, home, ray_head):
 
 # ---------------------------------------------------------------- failures
 
-def test_cancel_stops_the_ray_job(server, home, ray_head):
-    from google.genai import types  # noqa: F401  (the SDK's cancel, as a notebook calls it)
-
-    job = create(server.url, home, epochs=60)
-    wait(server.url, job["name"], lambda j: len(trained(home, j)) >= 2)
-    client = sdk(server.url)
-    client.tunings.cancel(name=job["name"])
-    done = wait(server.url, job["name"], ended, timeout=60)
-    assert done["state"] == "JOB_STATE_CANCELLED"
-    sid = f"tunery-{job_id(job)}-a1"
-    deadline = time.monotonic() + 30
-    while ray_head.jobs()[sid] != "STOPPED" and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert ray_head.jobs()[sid] == "STOPPED"
+def test_cancel_stops_the_ray_job(jobs):
+    """Cancelled through the SDK mid-run: the job ends CANCELLED and Ray reports its job STOPPED (stop_job)."""
+    assert jobs["cancelled"]["state"] == "JOB_STATE_CANCELLED"
+    assert jobs["ray_status_after_cancel"] == "STOPPED"
 
 
 def test_killed_server_and_killed_ray_worker_lose_nothing(ray_head, tiny_model_dir, tmp_path):
