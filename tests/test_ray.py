@@ -143,12 +143,13 @@ def ended(job: dict) -> bool:
     return job["state"] in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
 
 
-def run_dir(home: Path, job: dict) -> Path:
-    return home / "jobs" / job["name"].rsplit("/", 1)[1]
+def run_dir(home: Path, job: dict, runs: Path | None = None) -> Path:
+    """The job's run dir: under HOME/jobs, or under `runs` (the server's --artifacts)."""
+    return (runs or home / "jobs") / job["name"].rsplit("/", 1)[1]
 
 
-def trained(home: Path, job: dict) -> list[dict]:
-    path = run_dir(home, job) / "run" / "trained.jsonl"
+def trained(home: Path, job: dict, runs: Path | None = None) -> list[dict]:
+    path = run_dir(home, job, runs) / "run" / "trained.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -277,9 +278,11 @@ def test_killed_server_and_killed_ray_worker_lose_nothing(ray_head, tiny_model_d
     """SIGKILL `tunery serve` mid-job: the Ray job runs on. While no server is up, SIGKILL the Ray Train worker
     (rank 0) too: Ray Train (FailureConfig) starts a new worker, whose train() resumes from the last checkpoint in the
     run dir. The next server asks Ray about the attempt's submission id and re-attaches (no second submission), then
-    records the success. (One job for both kills: each Ray job costs tens of seconds on this 2-core machine.)"""
+    records the success. The server is configured by config.toml (executor, ray_address, artifacts) and the token
+    by RAY_AUTH_TOKEN. (One job for both kills: each Ray job costs tens of seconds on this 2-core machine.)"""
+    shared = tmp_path / "shared"  # --artifacts: the storage every Ray node would mount
     (tmp_path / "config.toml").write_text(f'default_base_model = "{tiny_model_dir}"\nexecutor = "ray"\n'
-                                          f'ray_address = "{ray_head.url}"\n')
+                                          f'ray_address = "{ray_head.url}"\nartifacts = "{shared}"\n')
     (tmp_path / "data").mkdir()
     colours = ["red", "green", "blue", "black", "white", "pink", "grey", "brown"]
     write_jsonl(tmp_path / "data" / "train.jsonl", [contents(("user", f"Colour {i}: {c}?"), ("model", f"It is {c}."))
@@ -305,14 +308,14 @@ def test_killed_server_and_killed_ray_worker_lose_nothing(ray_head, tiny_model_d
     first = serve()
     try:
         job = create(url, tmp_path, epochs=20)
-        wait(url, job["name"], lambda j: len(trained(tmp_path, j)) >= 3)
+        wait(url, job["name"], lambda j: len(trained(tmp_path, j, shared)) >= 3)
         first.kill()
         first.wait()
     finally:
         first.kill()
     sid = f"tunery-{job_id(job)}-a1"
     assert ray_head.jobs()[sid] in ("PENDING", "RUNNING")  # the Ray job outlived the server
-    victim = trained(tmp_path, job)[-1]["pid"]  # the Ray Train worker process writing the steps
+    victim = trained(tmp_path, job, shared)[-1]["pid"]  # the Ray Train worker process writing the steps
     os.kill(victim, signal.SIGKILL)
     second = serve()
     try:
@@ -323,8 +326,9 @@ def test_killed_server_and_killed_ray_worker_lose_nothing(ray_head, tiny_model_d
         second.wait(timeout=30)
     assert done["state"] == "JOB_STATE_SUCCEEDED", (done.get("error"), logs[-3000:])
     assert sorted(s for s in ray_head.jobs() if s.startswith(f"tunery-{job_id(job)}-")) == [sid]  # re-attached
-    records = trained(tmp_path, job)
+    records = trained(tmp_path, job, shared)
     after = [r for r in records if r["pid"] != victim]
     assert after and after[0]["resumed_from"] is not None and after[0]["resumed_from"] >= 2  # not from step 0
     assert after[-1]["step"] == steps
-    assert [r["step"] for r in mt.read_metrics(run_dir(tmp_path, job) / "run")] == list(range(1, steps + 1))
+    assert [r["step"] for r in mt.read_metrics(run_dir(tmp_path, job, shared) / "run")] == list(range(1, steps + 1))
+    assert not (tmp_path / "jobs").exists()  # everything went to --artifacts
