@@ -199,6 +199,15 @@ def test_workers_field_is_validated_and_local_servers_refuse_more_than_one(home,
         assert r.status_code == 400 and "need the Ray executor" in r.json()["error"]["message"]
 
 
+def test_console_offers_workers_only_on_ray(server, home):
+    from tunery.console.create import EMPTY_FORM, _body
+
+    assert 'name="workers"' in httpx.get(f"{server.url}/console/new", timeout=60).text
+    with LiveServer(home, start_worker=False) as local:
+        assert 'name="workers"' not in httpx.get(f"{local.url}/console/new", timeout=60).text
+    assert _body({**EMPTY_FORM, "train_path": "t.jsonl", "workers": "2"})["workers"] == "2"  # the route checks it
+
+
 # ---------------------------------------------------------------- a job through the SDK, and data parallel
 
 @pytest.fixture(scope="module")
