@@ -2,7 +2,9 @@
 --executor ray` on a local token-auth Ray head (2 CPUs), one run each.
 
 Tokens/s: supervised tokens (metrics.jsonl's train_num_predictions) of steps 2..N over the wall time between the
-first and the last step's metrics record, so Ray's start-up, the model load and the first (warm-up) step are out.
+first and the last step's metrics record, so Ray's start-up, the model load and the first (warm-up) step are out;
+all tokens/s: the dataset's rendered tokens (totalTokenCount) x epochs x (N-1)/N over that same time, the measure
+of docs/benchmarks.md.
 Job wall time (create to end, Ray start-up included) is printed beside it.
 
 Usage: python bench/ray_bench.py [--base-model smollm2-135m-instruct] [--examples 64] [--epochs 1] [--models DIR]
@@ -66,12 +68,15 @@ def run_job(url: str, train: Path, base_model: str, epochs: int, workers: int, h
     wall = time.monotonic() - t0
     if job["state"] != "JOB_STATE_SUCCEEDED":
         raise SystemExit(f"workers={workers}: {job['state']} {job.get('error')}")
-    records = [json.loads(line) for line in (home / "jobs" / job["name"].rsplit("/", 1)[1] / "run" /
-                                                 "metrics.jsonl").read_text().splitlines()]
+    job_dir = home / "jobs" / job["name"].rsplit("/", 1)[1]
+    records = [json.loads(line) for line in (job_dir / "run" / "metrics.jsonl").read_text().splitlines()]
+    per_epoch = json.loads((job_dir / "result.json").read_text())["stats"]["totalTokenCount"]
     train_records = [r for r in records if "/train_num_predictions" in r]
     tokens = sum(r["/train_num_predictions"] for r in train_records[1:])
     seconds = _stamp(train_records[-1]["time"]) - _stamp(train_records[0]["time"])
-    return {"workers": workers, "steps": len(train_records), "tokens_per_s": tokens / seconds,
+    steps = len(train_records)
+    return {"workers": workers, "steps": steps, "tokens_per_s": tokens / seconds,
+            "all_tokens_per_s": per_epoch * epochs * (steps - 1) / steps / seconds,
             "s_per_step": seconds / (len(train_records) - 1), "job_wall_s": wall}
 
 
@@ -121,10 +126,11 @@ def main() -> None:
             os.killpg(head.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    print(f"| Ray Train workers | steps | supervised tokens/s | s/step | job wall time (s) |")
-    print("|---|---|---|---|---|")
+    print("| Ray Train workers | steps | supervised tokens/s | all tokens/s | s/step | job wall time (s) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['workers']} | {r['steps']} | {r['tokens_per_s']:.0f} | {r['s_per_step']:.2f} | {r['job_wall_s']:.0f} |")
+        print(f"| {r['workers']} | {r['steps']} | {r['tokens_per_s']:.0f} | {r['all_tokens_per_s']:.0f} | "
+              f"{r['s_per_step']:.2f} | {r['job_wall_s']:.0f} |")
 
 
 if __name__ == "__main__":
