@@ -37,7 +37,7 @@ def test_a_running_job_gets_its_share_and_generation_the_rest(home):  # noqa: F8
         job = create(server.url, home)
         wait(server.url, job["name"], lambda j: j["state"] == "JOB_STATE_RUNNING" and worker.children)
         [child] = worker.children.values()
-        env = psutil.Process(child.proc.pid).environ()
+        env = psutil.Process(child.ref.pid).environ()
         assert env["OMP_WAIT_POLICY"] == "PASSIVE"
         assert env[threads.THREADS_ENV] == str(worker.threads_per_job) == str(threads.cores())
         assert worker.serving_threads() == threads.for_serving(1, worker.threads_per_job)

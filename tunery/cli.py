@@ -327,8 +327,17 @@ def export_cmd(run_dir, merged_out, checkpoint):
 @click.option("--max-loaded-adapters", type=click.IntRange(min=1), default=8, show_default=True, help="Adapters kept in memory (LRU).")
 @click.option("--max-request-mb", type=click.IntRange(min=1), default=32, show_default=True,
               help="Largest request body (uploads included); larger ones get 413.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), help="Where jobs run: local child processes "
+              "(default) or a Ray cluster (config.toml: executor).")
+@click.option("--ray-address", help="The Ray dashboard URL for --executor ray, e.g. http://127.0.0.1:8265 "
+              "(config.toml: ray_address).")
+@click.option("--ray-token", envvar="RAY_AUTH_TOKEN", help="Ray's auth token (RAY_AUTH_MODE=token); required for a "
+              "non-loopback Ray address.")
+@click.option("--artifacts", type=click.Path(file_okay=False), help="Directory of job run dirs (datasets, checkpoints, "
+              "metrics, adapters); with Ray, storage every node mounts at this path (config.toml: artifacts). "
+              "Default: HOME/jobs.")
 def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_concurrent_jobs, max_loaded_adapters,
-              max_request_mb):
+              max_request_mb, executor, ray_address, ray_token, artifacts):
     """Run the Vertex AI tuning API server (point the google-genai SDK's base_url at it).
 
     One server per home: a second one on the same home refuses to start and names the PID of the first.
@@ -341,14 +350,24 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_co
     from tunery import locks
     from tunery.api.app import LOOPBACK, ServerSettings, create_app
     from tunery.config import home as default_home
+    from tunery.config import load_settings
+    from tunery.jobs.executors import ExecutorError
 
     if host not in LOOPBACK and not api_key:
         raise TuneryError(f"refusing to listen on {host} without an API key: anyone on the network could tune and "
                           "read models", hint="pass --api-key KEY (or TUNERY_API_KEY), or keep --host 127.0.0.1")
-    settings = ServerSettings(home=Path(home).expanduser() if home else default_home(), api_key=api_key,
+    root = Path(home).expanduser() if home else default_home()
+    conf = load_settings(root)  # flags win over config.toml
+    executor, ray_address = executor or conf.executor, ray_address or conf.ray_address
+    artifacts = artifacts or conf.artifacts
+    if executor == "ray" and not ray_address:
+        raise TuneryError("--executor ray needs --ray-address (the Ray dashboard URL, e.g. http://127.0.0.1:8265)")
+    settings = ServerSettings(home=root, api_key=api_key,
                               allow_paths=tuple(Path(p).expanduser() for p in allow_path),
                               allow_http_datasets=allow_http_datasets, max_concurrent_jobs=max_concurrent_jobs,
-                              max_loaded_adapters=max_loaded_adapters, max_request_bytes=max_request_mb << 20)
+                              max_loaded_adapters=max_loaded_adapters, max_request_bytes=max_request_mb << 20,
+                              executor=executor, ray_address=ray_address, ray_token=ray_token or None,
+                              artifacts=Path(artifacts).expanduser().resolve() if artifacts else None)
     try:  # held until this process ends (the kernel drops it even on SIGKILL)
         locks.acquire(settings.home / locks.HOME_LOCK_FILE, f"the tunery home {settings.home}")
     except locks.Locked as exc:
@@ -356,9 +375,14 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_co
         raise TuneryError(f"another tunery server ({who}) is running on the home {settings.home}; two servers "
                           "on one home would run the same jobs twice",
                           hint=f"stop it (kill {exc.pid}) or pass another --home" if exc.pid else "pass another --home") from None
+    try:
+        app = create_app(settings)  # a Ray executor checks its address and token here
+    except ExecutorError as exc:
+        raise TuneryError(str(exc)) from None
     err.print(f"tunery serving the Vertex tuning API on http://{host}:{port} (home {settings.home}; datasets readable "
-              f"under {', '.join(map(str, settings.allowed_roots))}); web console: http://{host}:{port}/console")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+              f"under {', '.join(map(str, settings.allowed_roots))}; jobs run on {executor}); web console: "
+              f"http://{host}:{port}/console")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @cli.command("env")
@@ -418,9 +442,10 @@ def jobs_group():
 @click.option("--learning-rate-multiplier", type=float)
 @click.option("--display-name", help="Tuned model display name.")
 @click.option("--wait", is_flag=True, help="Poll until the job ends.")
+@click.option("--workers", type=click.IntRange(1, 64), help="Data-parallel workers (a server with --executor ray).")
 @_client_options
 def jobs_create(train_file, validation, base_model, epochs, adapter_size, learning_rate_multiplier, display_name, wait,
-                server, project, location, api_key):
+                workers, server, project, location, api_key):
     """Create a tuning job. Example: tunery jobs create --train data/train.jsonl --epochs 3 --wait"""
     import time
 
@@ -436,6 +461,8 @@ def jobs_create(train_file, validation, base_model, epochs, adapter_size, learni
     body = {"baseModel": base_model, "supervisedTuningSpec": spec}
     if display_name:
         body["tunedModelDisplayName"] = display_name
+    if workers:
+        body["workers"] = workers
     job = c.call("POST", f"{c.place}/tuningJobs", json=body)
     out.print(f"{job['name']} {job['state']}")
     while wait and job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"):
@@ -545,10 +572,12 @@ def generate_cmd(model_name, prompt, system, max_output_tokens, temperature, ser
 
 
 from tunery.cli_eval import compare_cmd, eval_cmd, jobs_report_cmd, metrics_cmd  # noqa: E402
+from tunery.cli_jobs import jobs_logs_cmd  # noqa: E402
 
 for _command in (eval_cmd, compare_cmd, metrics_cmd):
     cli.add_command(_command)
 jobs_group.add_command(jobs_report_cmd)
+jobs_group.add_command(jobs_logs_cmd)
 
 
 def main() -> None:

@@ -28,6 +28,9 @@ class Settings:
 
     default_base_model: str = DEFAULT_BASE_MODEL  # what Gemini aliases and an omitted --base-model mean
     aliases: dict[str, str] = field(default_factory=dict)  # extra or overriding name -> model mappings
+    executor: str = "local"  # `tunery serve`: where jobs run, "local" or "ray"
+    ray_address: str | None = None  # the Ray dashboard URL for executor "ray" (its token: RAY_AUTH_TOKEN, never here)
+    artifacts: str | None = None  # where job run dirs live (storage every Ray node sees)
 
 
 def load_settings(root: Path | None = None) -> Settings:
@@ -45,7 +48,14 @@ def load_settings(root: Path | None = None) -> Settings:
         raise ConfigError(f"{path}: default_base_model", f"expected a model name, found {default!r}")
     if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
         raise ConfigError(f"{path}: [aliases]", "expected a table of name = \"model\" strings")
-    return Settings(default_base_model=default, aliases=dict(aliases))
+    executor, ray_address, artifacts = data.get("executor", "local"), data.get("ray_address"), data.get("artifacts")
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"{path}: executor", f"expected \"local\" or \"ray\", found {executor!r}")
+    for key, value in (("ray_address", ray_address), ("artifacts", artifacts)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{path}: {key}", f"expected a string, found {value!r}")
+    return Settings(default_base_model=default, aliases=dict(aliases), executor=executor, ray_address=ray_address,
+                    artifacts=artifacts)
 
 
 # ---------------------------------------------------------------- tuning hyperparameters

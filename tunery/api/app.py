@@ -25,9 +25,18 @@ def _authorized(request: Request, key: str) -> bool:
     return hmac.compare_digest(given.encode(), key.encode())
 
 
+def _executor(settings: ServerSettings):
+    """The executor the settings name; a Ray one checks its address and token now, so a bad one stops the start."""
+    from tunery.jobs import executors
+
+    if settings.executor == "ray":
+        return executors.create("ray", address=settings.ray_address or "", token=settings.ray_token)
+    return executors.create("local")
+
+
 def create_app(settings: ServerSettings) -> FastAPI:
     store = Store(settings.home / "tunery.db")
-    worker = Worker(store, max_concurrent=settings.max_concurrent_jobs)
+    worker = Worker(store, max_concurrent=settings.max_concurrent_jobs, executor=_executor(settings))
     svc = Services(settings, store, worker,
                    Registry(max_adapters=settings.max_loaded_adapters, threads=worker.serving_threads))
 

@@ -5,7 +5,7 @@ Routes import this module, never `app.py`, so the app can import the routes at m
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +32,15 @@ class ServerSettings:
     validate_on_create_bytes: int = 8 << 20  # datasets this small are validated before create returns
     max_request_bytes: int = 32 << 20  # larger request bodies get 413
     start_worker: bool = True
+    executor: str = "local"  # where tuning runs: "local" child processes or "ray" (tunery.jobs.executors)
+    ray_address: str | None = None  # the Ray dashboard URL (Jobs API) for executor "ray"
+    ray_token: str | None = field(default=None, repr=False)  # Ray's auth token (never logged)
+    artifacts: Path | None = None  # where job run dirs live (shared storage for Ray); default HOME/jobs
+
+    @property
+    def runs_root(self) -> Path:
+        """The folder of job run dirs: every Ray node must see it at this same path."""
+        return self.artifacts if self.artifacts is not None else self.home / "jobs"
 
     @property
     def allowed_roots(self) -> list[Path]:

@@ -41,7 +41,7 @@ LABELS = {  # Vertex field paths in error messages, as the form calls them
 }
 EMPTY_FORM = {"display_name": "", "description": "", "base_model": "gemini-2.0-flash-001", "train_path": "",
               "validation_path": "", "epochs": "", "lr_multiplier": "1.0", "adapter_size": "", "batch_size": "",
-              "export_last_only": "", "eval_enabled": "", "eval_path": "", "eval_task": ""}
+              "workers": "", "export_last_only": "", "eval_enabled": "", "eval_path": "", "eval_task": ""}
 
 
 def base_choices() -> list[dict]:
@@ -65,10 +65,15 @@ def _roots(request: Request) -> list[str]:
     return list(dict.fromkeys(str(r) for r in svc(request).settings.allowed_roots))
 
 
+def _on_ray(request: Request) -> bool:
+    """Whether jobs run on Ray: only then does the form offer data-parallel workers."""
+    return svc(request).worker.executor.name == "ray"
+
+
 @router.get("/console/new")
 @page_errors
 def new_page(request: Request) -> HTMLResponse:
-    return render(request, "new.html", _ctx(dict(EMPTY_FORM), roots=_roots(request)))
+    return render(request, "new.html", _ctx(dict(EMPTY_FORM), roots=_roots(request), on_ray=_on_ray(request)))
 
 
 def _labelled(text: str) -> str:
@@ -107,6 +112,8 @@ def _body(form: dict) -> dict:
     if form["eval_enabled"]:
         spec["evaluationConfig"] = {k: v for k, v in (("datasetUri", form["eval_path"]), ("task", form["eval_task"])) if v}
     body = {"baseModel": form["base_model"], "supervisedTuningSpec": spec}
+    if form.get("workers"):
+        body["workers"] = form["workers"]  # checked (1..64) by the create route, as from the API
     for key, field in (("tunedModelDisplayName", "display_name"), ("description", "description")):
         if form[field]:
             body[key] = form[field]
@@ -169,10 +176,10 @@ def new_submit(request: Request, csrf_token: str | None = Form(None, alias="csrf
                eval_file: UploadFile | None = File(None), display_name: str = Form(""), description: str = Form(""),
                base_model: str = Form(""), train_path: str = Form(""), validation_path: str = Form(""),
                epochs: str = Form(""), lr_multiplier: str = Form(""), adapter_size: str = Form(""),
-               batch_size: str = Form(""), export_last_only: str = Form(""), eval_enabled: str = Form(""),
+               batch_size: str = Form(""), workers: str = Form(""), export_last_only: str = Form(""), eval_enabled: str = Form(""),
                eval_path: str = Form(""), eval_task: str = Form("")) -> Response:
     form = {k: v.strip() for k, v in locals().items() if k in EMPTY_FORM}
-    ctx = _ctx(form, roots=_roots(request))
+    ctx = _ctx(form, roots=_roots(request), on_ray=_on_ray(request))
     try:
         session = csrf(request, csrf_token)
         for kind, upload in (("train", train_file), ("validation", validation_file), ("eval", eval_file)):

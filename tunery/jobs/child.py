@@ -56,7 +56,9 @@ def main(run_dir: Path) -> int:
     return run(run_dir)
 
 
-def run(run_dir: Path) -> int:
+def run(run_dir: Path, rank: int = 0) -> int:
+    """Run the job in RUN_DIR. Under Ray Train every worker calls this: rank 0 alone writes progress and result
+    files (train() itself writes the run dir from rank 0 only); the others take their share of each batch."""
     from tunery.train.engine import train
 
     from tunery.api.datasets import fetch
@@ -65,7 +67,8 @@ def run(run_dir: Path) -> int:
     fields = dict(spec["config"])
     for key in ("train", "validation"):  # gs://, s3:// and http(s) datasets are copied into the job directory
         if fields.get(key):
-            fields[key] = fetch(fields[key], run_dir / "data" / key)  # one folder each: basenames may be equal
+            # one folder each: basenames may be equal; and per rank, so no two workers write one file
+            fields[key] = fetch(fields[key], run_dir / "data" / (key if rank == 0 else f"{key}-rank{rank}"))
     if os.environ.get(SAVE_INTERVAL_ENV):
         fields["save_interval_seconds"] = float(os.environ[SAVE_INTERVAL_ENV])
     cfg = TuningConfig(**fields, output=str(run_dir / RUN_SUBDIR))
@@ -84,6 +87,12 @@ def run(run_dir: Path) -> int:
             return
         write_json(run_dir / PROGRESS_FILE, progress)
 
+    if rank != 0:
+        try:
+            train(cfg)
+        except TuneryError:  # rank 0 meets the same error and reports it; a retry by Ray Train would not help
+            return 1
+        return 0
     write_json(run_dir / PROGRESS_FILE, progress)
     try:
         result = train(cfg, on_event)

@@ -1,10 +1,12 @@
-"""The worker: a thread in the server that runs queued jobs in child processes, at most `max_concurrent` at once.
+"""The worker: a thread in the server that runs queued jobs through an executor, at most `max_concurrent` at once.
 
-Each tick it (1) reaps finished children and records their outcome, (2) stops children of cancelled jobs,
-(3) starts queued jobs while there is quota. A child that dies without a result is requeued (a job fails after
+Each tick it (1) reaps finished attempts and records their outcome, (2) stops attempts of cancelled jobs,
+(3) starts queued jobs while there is quota. An attempt that ends without a result is requeued (a job fails after
 MAX_ATTEMPTS such crashes) and resumes from its last complete state. On start, jobs a previous server left RUNNING
-are requeued; that is not a crash. A job whose directory is still held by a process (an old child of a killed
-server, not yet dead) waits in the queue until that process is gone: one writer per job, by the job's lock file.
+are re-attached when the executor still runs them (Ray), else requeued; that is not a crash. A job whose directory
+is still held by a process (an old child of a killed server, not yet dead) waits in the queue until that process
+is gone: one writer per job, by the job's lock file. Which executor runs the attempts (local child processes or
+Ray jobs, tunery.jobs.executors) is not this loop's business.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -22,22 +22,22 @@ from pathlib import Path
 
 from tunery import locks, threads
 from tunery.jobs import states
-from tunery.jobs.child import JOB_FILE, LOCKED_EXIT, LOG_FILE, PARENT_ENV, PROGRESS_FILE, RESULT_FILE
+from tunery.jobs.child import JOB_FILE, LOCKED_EXIT, LOG_FILE, PROGRESS_FILE, RESULT_FILE
+from tunery.jobs.executors import Executor, ExecutorError, Exit, Handle
+from tunery.jobs.executors.local import LocalExecutor
 from tunery.jobs.store import Job, Store
 from tunery.train.checkpoints import write_json
 
 log = logging.getLogger("tunery")
 MAX_ATTEMPTS = 3  # a job whose tuning process crashes this many times fails (server restarts do not count)
 MAX_CRASHES_ENV = "TUNERY_MAX_JOB_CRASHES"  # overrides MAX_ATTEMPTS (the chaos test kills each job many times)
-CANCEL_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL after this long
+CANCEL_GRACE_SECONDS = 5.0  # graceful stop, then a forced one after this long
 CANCELLED_ERROR = {"code": 1, "message": "CANCELED"}
 
 
-@dataclass
-class _Child:
-    proc: subprocess.Popen
-    run_dir: Path
-    term_sent: float | None = None
+def _Child(proc, run_dir: Path) -> Handle:  # noqa: N802  (the tests' name for a local attempt)
+    """A local attempt's handle around an already started process."""
+    return Handle("", run_dir, proc)
 
 
 @dataclass
@@ -45,20 +45,29 @@ class Worker:
     store: Store
     max_concurrent: int = 1
     poll_seconds: float = 0.25
-    python: str = sys.executable  # the interpreter that runs `-m tunery.jobs.child`
+    python: str = sys.executable  # the interpreter that runs `-m tunery.jobs.child` (local executor)
     max_crashes: int = field(default_factory=lambda: int(os.environ.get(MAX_CRASHES_ENV) or MAX_ATTEMPTS))
-    children: dict[str, _Child] = field(default_factory=dict)
+    executor: Executor | None = None  # None: the local executor with `python`
+    children: dict[str, Handle] = field(default_factory=dict)
     _held: set[str] = field(default_factory=set)  # jobs waiting for an old process to let go (logged once)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        if self.executor is None:
+            self.executor = LocalExecutor(self.python)
+        if isinstance(self.executor, LocalExecutor):
+            self.executor.threads = self.threads_per_job
 
     @property
     def threads_per_job(self) -> int:
         return threads.per_job(self.max_concurrent)
 
     def serving_threads(self) -> int:
-        """Threads the server's generation may use now: the cores its running jobs leave (at least one)."""
-        return threads.for_serving(len(self.children), self.threads_per_job)
+        """Threads the server's generation may use now: the cores its running local jobs leave (at least one).
+        Ray places its jobs by its own CPU accounting, so they are not counted here."""
+        local = len(self.children) if self.executor.name == "local" else 0
+        return threads.for_serving(local, self.threads_per_job)
 
     def start(self) -> None:
         self.recover()
@@ -66,26 +75,40 @@ class Worker:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the loop and the children. Their jobs stay RUNNING in the store and resume on the next start."""
+        """Stop the loop and let go of the attempts. Their jobs stay RUNNING in the store: the next start re-attaches
+        them (Ray) or resumes them (local children end with the server)."""
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=10)
-        for child in self.children.values():
-            child.proc.terminate()
-        for child in self.children.values():
-            try:
-                child.proc.wait(timeout=CANCEL_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                child.proc.kill()
+        for handle in self.children.values():
+            self.executor.detach(handle)
         self.children.clear()
 
     def recover(self) -> None:
-        """Requeue what a previous server left running; finish cancellations it left half done."""
+        """Re-attach or requeue what a previous server left running; finish cancellations it left half done."""
         for job in self.store.jobs_in(states.RUNNING):
+            handle = self._reattach(job)
+            if handle is not None:
+                self.children[job.id] = handle
+                log.info("job %s: re-attached to its running attempt %d on %s", job.id, job.attempts, self.executor.name)
+                continue
             self.store.transition(job.id, states.PENDING, detail=states.WAITING_FOR_QUOTA)  # not a crash
             log.info("job %s was running when the server stopped: requeued (it resumes from its last saved state)", job.id)
         for job in self.store.jobs_in(states.CANCELLING):
+            if (handle := self._reattach(job)) is not None:
+                self.executor.cancel(handle, force=True)
             self.store.transition(job.id, states.CANCELLED, error=CANCELLED_ERROR, ended=True)
+
+    def _reattach(self, job: Job) -> Handle | None:
+        try:
+            return self.executor.reattach(job)
+        except ExecutorError as exc:  # the cluster is unreachable: resume the job rather than lose it
+            log.warning("job %s: could not ask %s about it (%s); requeued", job.id, self.executor.name, exc)
+            return None
+
+    def logs(self, job: Job) -> str:
+        """The job's tuning output, from wherever its executor keeps it."""
+        return self.executor.logs(job)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -103,17 +126,17 @@ class Worker:
     # ---------------------------------------------------------------- steps of a tick
 
     def _reap(self) -> None:
-        for job_id, child in list(self.children.items()):
-            code = child.proc.poll()
+        for job_id, handle in list(self.children.items()):
+            ended = self.executor.poll(handle)
             job = self.store.get_job(job_id)
-            if code is None:
-                self._progress(job, child.run_dir)
+            if ended is None:
+                self._progress(job, handle.run_dir)
                 continue
-            self._record_exit(job, child, code)
+            self._record_exit(job, handle, ended)
             del self.children[job_id]  # only once the outcome is in the store: a failed write is retried next tick
 
-    def _record_exit(self, job: Job, child: _Child, code: int) -> None:
-        result = _read(child.run_dir / RESULT_FILE)
+    def _record_exit(self, job: Job, handle: Handle, ended: Exit) -> None:
+        result = _read(handle.run_dir / RESULT_FILE)
         if job.state == states.CANCELLING:
             self.store.transition(job.id, states.CANCELLED, error=CANCELLED_ERROR, ended=True)
         elif result and result["status"] == "succeeded":
@@ -123,17 +146,18 @@ class Worker:
             self.store.finish_job(job, result["base_model"], result["adapter"], result["checkpoints"], meta)
         elif result:
             self.store.transition(job.id, states.FAILED, error=result["error"], ended=True)
-        elif code == LOCKED_EXIT:  # it found the job held by another process and did nothing: not a crash
+        elif ended.code == LOCKED_EXIT:  # it found the job held by another process and did nothing: not a crash
             log.warning("job %s: its directory is held by another process; requeued", job.id)
             self.store.transition(job.id, states.PENDING, detail=states.WAITING_FOR_QUOTA)
         elif job.crashes + 1 < self.max_crashes:
             log.warning("job %s: the tuning process %s; requeued (crash %d of %d allowed)",
-                        job.id, _how(code), job.crashes + 1, self.max_crashes - 1)
+                        job.id, ended.how, job.crashes + 1, self.max_crashes - 1)
             self.store.transition(job.id, states.PENDING, detail=states.WAITING_FOR_QUOTA, crash=True)
         else:
+            where = handle.extra.get("logs_hint") or str(handle.run_dir / LOG_FILE)
             self.store.transition(job.id, states.FAILED, ended=True, crash=True, error={
-                "code": 13, "message": f"the tuning process crashed {job.crashes + 1} times (the last one {_how(code)}), "
-                                       f"each time resuming from its last saved state; see {child.run_dir / LOG_FILE}"})
+                "code": 13, "message": f"the tuning process crashed {job.crashes + 1} times (the last one {ended.how}), "
+                                       f"each time resuming from its last saved state; see {where}"})
 
     def _progress(self, job: Job, run_dir: Path) -> None:
         p = _read(run_dir / PROGRESS_FILE)
@@ -143,14 +167,14 @@ class Worker:
 
     def _cancel(self) -> None:
         for job in self.store.jobs_in(states.CANCELLING):
-            child = self.children.get(job.id)
-            if child is None:
+            handle = self.children.get(job.id)
+            if handle is None:
                 self.store.transition(job.id, states.CANCELLED, error=CANCELLED_ERROR, ended=True)
-            elif child.term_sent is None:
-                child.proc.send_signal(signal.SIGTERM)
-                child.term_sent = time.monotonic()
-            elif time.monotonic() - child.term_sent > CANCEL_GRACE_SECONDS:
-                child.proc.kill()
+            elif handle.term_sent is None:
+                self.executor.cancel(handle, force=False)
+                handle.term_sent = time.monotonic()
+            elif time.monotonic() - handle.term_sent > CANCEL_GRACE_SECONDS:
+                self.executor.cancel(handle, force=True)
 
     def _start_queued(self) -> None:
         for job in self.store.jobs_in(states.PENDING):
@@ -166,8 +190,8 @@ class Worker:
             self._launch(job)
 
     def _launch(self, job: Job) -> None:
-        """Claim the job (PENDING -> RUNNING), then start its process. A job cancelled meanwhile is skipped; a
-        process that cannot start fails the job with the reason, so no job stays RUNNING without a process."""
+        """Claim the job (PENDING -> RUNNING), then start its attempt. A job cancelled meanwhile is skipped; an
+        attempt that cannot start fails the job with the reason, so no job stays RUNNING without a process."""
         try:
             job = self.store.transition(job.id, states.RUNNING, detail=states.PROCESSING_DATASET, started=True,
                                         attempt=True)
@@ -178,29 +202,16 @@ class Worker:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / RESULT_FILE).unlink(missing_ok=True)
             write_json(run_dir / JOB_FILE, {"job": job.name, "config": job.request["_config"],
-                                            "evaluation": job.request.get("_evaluation")})
-            with open(run_dir / LOG_FILE, "ab") as log_file:
-                proc = subprocess.Popen([self.python, "-m", "tunery.jobs.child", str(run_dir)], stdout=log_file,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env={**os.environ, **threads.WAIT_POLICY, "PYTHONUNBUFFERED": "1",
-                                             threads.THREADS_ENV: str(self.threads_per_job), PARENT_ENV: str(os.getpid())})
-        except OSError as exc:
+                                            "evaluation": job.request.get("_evaluation"),
+                                            "workers": job.request.get("_workers", 1)})
+            handle = self.executor.start(job, run_dir)
+        except (OSError, ExecutorError) as exc:
             log.error("job %s: could not start its tuning process: %s", job.id, exc)
             self.store.transition(job.id, states.FAILED, ended=True, error={
                 "code": 13, "message": f"could not start the tuning process: {exc}"})
             return
-        self.children[job.id] = _Child(proc, run_dir)
-        log.info("job %s started (pid %d, attempt %d)", job.id, proc.pid, job.attempts)
-
-
-def _how(code: int) -> str:
-    """How a process ended, in words: 'was killed by SIGKILL' or 'exited with code 2'."""
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
+        self.children[job.id] = handle
+        log.info("job %s started on %s (%s, attempt %d)", job.id, self.executor.name, handle.extra, job.attempts)
 
 
 def _read(path: Path) -> dict | None:

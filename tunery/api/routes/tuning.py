@@ -116,13 +116,16 @@ def create_job(svc: Services, project: str, location: str, body: Any, extra_conf
     """Parse, resolve, validate and store a TuningJob create request: the one path every door (Vertex, console,
     OpenAI) creates a job by, so a job is the same job whichever door made it."""
     req = wire.parse_create(body)
+    if req.workers > 1 and svc.worker.executor.name != "ray":
+        raise ApiError(400, f"workers: {req.workers} data-parallel workers need the Ray executor (tunery serve "
+                            "--executor ray); this server runs jobs as local processes, one worker each")
     cfg, resolved = _config(svc, req, extra_config or {})
-    request = {**body, "baseModel": resolved, "_config": cfg}
+    request = {**body, "baseModel": resolved, "_config": cfg, "_workers": req.workers}
     if (evaluation := _evaluation(svc, req.evaluation, cfg)) is not None:
         request["_evaluation"] = evaluation
     if req.base_model and req.base_model != resolved:
         request["requestedBaseModel"] = req.base_model
-    return svc.store.create_job(project, location, request, svc.settings.home / "jobs")
+    return svc.store.create_job(project, location, request, svc.settings.runs_root)
 
 
 @router.post(PLACE + "/tuningJobs")
@@ -149,6 +152,13 @@ def list_tuning_jobs(project: str, location: str, svc: Svc, pageSize: int | None
     if nxt is not None:
         out["nextPageToken"] = str(nxt)
     return out
+
+
+@router.get(PLACE + "/tuningJobs/{job_id}/logs")
+def tuning_job_logs(project: str, location: str, job_id: str, svc: Svc) -> dict:
+    """tunery extension: the tuning process's output (the child's log.txt, or the Ray job logs of each attempt)."""
+    job = _job_or_404(svc, job_id)
+    return {"executor": svc.worker.executor.name, "logs": svc.worker.logs(job)}
 
 
 @router.post(PLACE + "/tuningJobs/{job_id}:cancel")

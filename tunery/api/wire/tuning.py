@@ -19,6 +19,7 @@ ADAPTER_SIZE_NAMES = {v: k for k, v in ADAPTER_SIZES.items()}
 OLD_SDK_ADAPTER_SIZES = {1: 1, 6: 2, 2: 4, 3: 8, 4: 16}  # proto enum numbers (google-cloud-aiplatform)
 
 
+MAX_WORKERS = 64  # data-parallel workers one job may ask for (`workers`, a tunery field)
 OTHER_SPECS = ("preferenceOptimizationSpec", "distillationSpec", "reinforcementTuningSpec", "fullFineTuningSpec")
 
 
@@ -39,6 +40,7 @@ class CreateTuningJob:
     hyperparameters: dict  # TuningConfig fields
     export_last_checkpoint_only: bool
     evaluation: dict | None  # see evaluation()
+    workers: int = 1  # tunery extension: data-parallel Ray Train workers (the ray executor)
 
 
 def parse_create(body: Any) -> CreateTuningJob:
@@ -72,7 +74,8 @@ def parse_create(body: Any) -> CreateTuningJob:
     return CreateTuningJob(base, pre_tuned, train,
                            str_field(get(spec, "validationDatasetUri"), f"{where}.validationDatasetUri") or None,
                            hyperparameters(spec), bool_field(get(spec, "exportLastCheckpointOnly"),
-                                                             f"{where}.exportLastCheckpointOnly"), evaluation(spec))
+                                                             f"{where}.exportLastCheckpointOnly"), evaluation(spec),
+                           int_field(get(body, "workers"), "workers", 1, MAX_WORKERS) or 1)
 
 
 def adapter_size(value: Any, field: str) -> int | None:

@@ -1,0 +1,68 @@
+"""The local executor: each job attempt is a child process `python -m tunery.jobs.child RUN_DIR` of the server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunery import threads
+from tunery.jobs.child import LOG_FILE, PARENT_ENV
+from tunery.jobs.executors import Exit, Handle
+from tunery.jobs.store import Job
+
+CANCEL_GRACE_SECONDS = 5.0  # on server stop: SIGTERM, then SIGKILL after this long
+
+
+@dataclass
+class LocalExecutor:
+    python: str = sys.executable  # the interpreter that runs `-m tunery.jobs.child`
+    name: str = "local"
+    threads: int = 0  # compute threads per job (tunery/threads.py); 0: the child takes all the cores
+
+    def start(self, job: Job, run_dir: Path) -> Handle:
+        """Spawn the child, its output appended to RUN_DIR/log.txt."""
+        with open(run_dir / LOG_FILE, "ab") as log_file:
+            proc = subprocess.Popen([self.python, "-m", "tunery.jobs.child", str(run_dir)], stdout=log_file,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env={**os.environ, **threads.WAIT_POLICY, "PYTHONUNBUFFERED": "1",
+                                         PARENT_ENV: str(os.getpid()),
+                                         **({threads.THREADS_ENV: str(self.threads)} if self.threads else {})})
+        return Handle(job.id, run_dir, proc, extra={"pid": proc.pid})
+
+    def poll(self, handle: Handle) -> Exit | None:
+        code = handle.ref.poll()
+        return None if code is None else Exit(code, how(code))
+
+    def cancel(self, handle: Handle, force: bool) -> None:
+        handle.ref.kill() if force else handle.ref.send_signal(signal.SIGTERM)
+
+    def logs(self, job: Job) -> str:
+        try:
+            return (Path(job.run_dir) / LOG_FILE).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def reattach(self, job: Job) -> Handle | None:
+        """Children die with the server (PR_SET_PDEATHSIG), so there is never one to re-find: the job resumes."""
+        return None
+
+    def detach(self, handle: Handle) -> None:
+        handle.ref.terminate()
+        try:
+            handle.ref.wait(timeout=CANCEL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            handle.ref.kill()
+
+
+def how(code: int) -> str:
+    """How a process ended, in words: 'was killed by SIGKILL' or 'exited with code 2'."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
