@@ -13,11 +13,13 @@ GENAI_LATEST := $(VENV)/genai-latest
 
 .PHONY: demo test install bench clean
 
-# The console's browser tests drive Debian's chromium (Playwright's own browser download cannot work here):
-# installed with apt-get when /usr/bin/chromium is missing (sudo unless root); no chromium, no install.
+# The console's browser tests drive Debian's chromium (Playwright's own browser download cannot work here), and
+# training processes use Debian's jemalloc (tunery/procenv.py): installed with apt-get when missing (sudo unless
+# root); no chromium, no install. Without jemalloc tunery still works, with a higher memory peak.
+JEMALLOC := /usr/lib/x86_64-linux-gnu/libjemalloc.so.2
 $(STAMP): pyproject.toml Makefile
-	@test -x /usr/bin/chromium || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
-	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium; } || true
+	@test -x /usr/bin/chromium -a -f $(JEMALLOC) || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium libjemalloc2; } || true
 	@test -x /usr/bin/chromium || { echo "error: /usr/bin/chromium is missing and apt-get could not install it;" \
 	  "install Debian's chromium package (the console tests need it)" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -36,17 +36,16 @@ def _long(src: Path, dst: Path, per_example: int = 4) -> Path:
     return dst
 
 
-def peak_of_tune(args: list[str]) -> tuple[int, dict]:
-    """Run `tunery tune --local ARGS` in a child process; return its peak RSS in bytes and the run's summary."""
-    code = ("import sys, runpy; sys.argv = ['tunery', '-q', 'tune', '--local'] + sys.argv[1:]\n"
-            "try:\n    runpy.run_module('tunery.cli', run_name='__main__')\n"
-            "except SystemExit as e:\n    assert not e.code, e.code\n"
-            "print('VmHWM', [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(f"tune failed:\n{proc.stderr[-3000:]}")
-    kb = int(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("VmHWM")))
-    return kb * 1024, {}
+def peak_of_tune(args: list[str]) -> int:
+    """Run `tunery tune --local ARGS` as a child process and return its peak RSS in bytes (from wait4's rusage,
+    which covers the process's whole life, including the re-exec that loads its allocator)."""
+    proc = subprocess.Popen([sys.executable, "-m", "tunery.cli", "-q", "tune", "--local", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        sys.exit(f"tune failed:\n{stderr[-3000:]}")
+    return usage.ru_maxrss * 1024
 
 
 def main() -> None:
@@ -74,7 +73,7 @@ def main() -> None:
           f"{args.epochs} epoch(s); cpus={os.cpu_count()}")
     for label, extra in ((f"alerts ({len(lines)} + validation)", ["--train", str(contents_train), "--validation", str(contents_val)]),
                          (f"long examples ({len(long_train.read_text().splitlines())}, ~450 tokens)", ["--train", str(long_train)])):
-        peak, _ = peak_of_tune(extra + common + ["--output", str(tmp / f"run-{len(extra)}")])
+        peak = peak_of_tune(extra + common + ["--output", str(tmp / f"run-{len(extra)}")])
         print(f"{label:40s} peak RSS {peak / 1e9:5.2f} GB = {peak / weights:4.1f}x the fp32 weights (goal <= 2 GB)")
 
 

@@ -34,7 +34,7 @@ def test_a_running_job_gets_its_share_and_generation_the_rest(home):  # noqa: F8
     with LiveServer(home) as server:
         worker = server.services.worker
         assert worker.serving_threads() == threads.cores()  # nothing running yet
-        job = create(server.url, home)
+        job = create(server.url, home, epochs=2)  # its process lives for seconds (imports), enough to look at it
         wait(server.url, job["name"], lambda j: j["state"] == "JOB_STATE_RUNNING" and worker.children)
         [child] = worker.children.values()
         env = psutil.Process(child.ref.pid).environ()

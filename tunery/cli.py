@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tunery import models, threads
+from tunery import models, procenv, threads
 from tunery.data.formats import WRITERS, Columns, parse
 from tunery.data.jsonl import read_records
 from tunery.data.validate import DEFAULT_MAX_ISSUES, Limits, Report, validate
@@ -256,6 +256,8 @@ def tune_cmd(local, train_file, validation, base_model, epochs, learning_rate_mu
 
     if not local:
         raise TuneryError("tuning through a server is not available yet", hint="add --local to tune in this process")
+    if not procenv.has_compute_env():  # the allocator is chosen at process start: start again with it
+        os.execve(sys.executable, [sys.executable, "-m", "tunery.cli", *sys.argv[1:]], procenv.compute_env())
     cfg = TuningConfig(train=train_file, validation=validation, base_model=base_model, epochs=epochs,
                        learning_rate_multiplier=learning_rate_multiplier, learning_rate=learning_rate,
                        adapter_size=adapter_size, batch_size=batch_size, max_length=max_length, seed=seed,

@@ -5,8 +5,8 @@ sleeping, each process burns the cores the other one needs: a tuning run went fr
 `tunery eval` ran beside it. So the cores are partitioned (docs/benchmarks.md, bench/job_bench.py):
 - each of the worker's `max_concurrent` jobs gets `cores // max_concurrent` threads (all of them for one job);
 - generation in the server gets the cores no job holds, and at least one while jobs run;
-- every process waits passively (OMP_WAIT_POLICY=PASSIVE): a thread with nothing to do sleeps instead of spinning on
-  a core that the other process's threads are waiting for.
+- every process waits passively (OMP_WAIT_POLICY=PASSIVE, tunery/procenv.py): a thread with nothing to do sleeps
+  instead of spinning on a core that the other process's threads are waiting for.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 
 THREADS_ENV = "TUNERY_THREADS"  # the job process's thread count, set by the worker
-WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def cores() -> int:
@@ -45,5 +44,7 @@ def for_training(local_world_size: int = 1) -> int:
 
 def quiet_waits() -> None:
     """Make this process's OpenMP threads sleep when idle. Only effective before torch is first imported."""
+    from tunery.procenv import WAIT_POLICY
+
     for key, value in WAIT_POLICY.items():
         os.environ.setdefault(key, value)

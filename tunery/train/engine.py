@@ -278,12 +278,13 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
     recorded = json.loads((out / ck.RUN_FILE).read_text())["runtime"]  # measured when the run began, kept on resume
     runtime = Runtime(recorded["device"], None if recorded["precision"] == "float32" else recorded["precision"])
     torch.set_num_threads(recorded["threads"])
-    memory.return_freed_memory()
     base = models.load_model_fresh(spec)
     attention.use_for_training(base)  # right-padded batches: causal attention without a mask, fastest kernel by length
     model = _attach_lora(base, cfg.adapter_size, cfg.seed).to(runtime.device)
     if runtime.autocast == "bfloat16":
         _frozen_linear_weights_to(model, torch.bfloat16)
+        memory.share_linear_inputs(model, torch.bfloat16)
+        memory.embeddings_to(model, torch.bfloat16)
     memory.own_weights(model)  # releases the checkpoint file's map (its fp32 pages)
     memory.recompute_gated_activation(model)
     if cfg.init_adapter:
@@ -364,8 +365,8 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
             trained.close()
 
     # 5. artifacts: the final adapter and the run manifest
-    chosen, why = default_checkpoint(checkpoints)
-    default = {"checkpointId": chosen["checkpointId"], "step": chosen["step"], "reason": why}
+    chosen, why = default_checkpoint(checkpoints) if dist.is_main else ({}, "")  # rank 0 alone exports
+    default = {"checkpointId": chosen.get("checkpointId"), "step": chosen.get("step"), "reason": why}
     steps = stopper.stopped["step"] if stopper.stopped else total
     result = RunResult(out, steps, plan.epochs, last, checkpoints, resumed, default, stopper.stopped)
     if dist.is_main:

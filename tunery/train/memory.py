@@ -1,28 +1,13 @@
-"""Keeping a training step's memory small: what is kept for the backward pass, where weights live, how freed memory
-goes back to the system. Measured with bench/memory_bench.py; docs/benchmarks.md has the figures."""
+"""Keeping a training step's memory small: what is kept for the backward pass and where weights live. (Which
+allocator returns freed memory is tunery/procenv.py's business.) Measured with bench/memory_bench.py; figures in
+docs/benchmarks.md."""
 
 from __future__ import annotations
 
-import ctypes
 import types
 
 import torch
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
-MMAP_THRESHOLD_BYTES = 1 << 20
-
-
-def return_freed_memory() -> None:
-    """glibc: serve allocations of 1 MiB and more (activations, gradients) with their own mappings, unmapped when
-    freed. By default glibc raises that threshold as large blocks are freed (up to 32 MiB), after which a training
-    step's activations come from the heap, fragment it and are never returned: the process keeps its worst step's
-    memory and more. Setting the threshold turns that adjustment off. No effect where glibc is not the allocator."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-        libc.mallopt(M_TRIM_THRESHOLD, MMAP_THRESHOLD_BYTES)
-    except (OSError, AttributeError):
-        pass
 
 
 def own_weights(model) -> None:
@@ -32,6 +17,42 @@ def own_weights(model) -> None:
     with torch.no_grad():
         for tensor in list(model.parameters()) + list(model.buffers()):
             tensor.data = tensor.data.clone()
+
+
+def share_linear_inputs(model, dtype) -> None:
+    """Under autocast, each linear casts its fp32 input to `dtype` and its LoRA branch keeps that copy: the query,
+    key and value projections kept three copies of one normalised hidden state, gate and up two. Casting the output
+    of the norms that feed them once leaves one copy each (a fifth of a step's saved activations). Only those
+    norms: a norm whose output joins the residual stream (Gemma's post-attention norm) stays fp32. The gradients of
+    the shared input are then summed in `dtype` before the cast back, where they were summed in fp32."""
+    def to_dtype(module, args, output):
+        return output.to(dtype) if torch.is_autocast_enabled(output.device.type) else output
+
+    for module in model.modules():
+        if hasattr(module, "lora_A"):  # PEFT would cast the shared bf16 input to its fp32 weights' dtype, then
+            module.cast_input_dtype_enabled = False  # autocast back to bf16: a copy per adapter again
+    for layer in _decoder_layers(model):
+        feeding_mlp = getattr(layer, "pre_feedforward_layernorm", None) or getattr(layer, "post_attention_layernorm")
+        for norm in (layer.input_layernorm, feeding_mlp):
+            norm.register_forward_hook(to_dtype)
+
+
+def embeddings_to(model, dtype) -> None:
+    """Store the frozen input and output embeddings in `dtype` (the tied matrix is a fifth of SmolLM2's weights).
+    The output projection runs in `dtype` anyway (tunery/train/loss.py casts it, every step, at the step's memory
+    peak); the input embedding's rows are cast back to fp32 as they enter the residual stream, so the only change is
+    that they are rounded to bf16 first."""
+    def to_fp32(module, args, output):
+        return output.float()
+
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    for module in {id(m): m for m in (inputs, outputs) if m is not None}.values():
+        module.weight.data = module.weight.data.to(dtype)
+    inputs.register_forward_hook(to_fp32)
+
+
+def _decoder_layers(model) -> list:
+    return [m for m in model.modules() if hasattr(m, "input_layernorm") and hasattr(m, "self_attn")]
 
 
 def recompute_gated_activation(model) -> None:

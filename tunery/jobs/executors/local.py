@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunery import threads
+from tunery import procenv, threads
 from tunery.jobs.child import LOG_FILE, PARENT_ENV
 from tunery.jobs.executors import Exit, Handle
 from tunery.jobs.store import Job
@@ -28,8 +28,7 @@ class LocalExecutor:
         with open(run_dir / LOG_FILE, "ab") as log_file:
             proc = subprocess.Popen([self.python, "-m", "tunery.jobs.child", str(run_dir)], stdout=log_file,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, **threads.WAIT_POLICY, "PYTHONUNBUFFERED": "1",
-                                         PARENT_ENV: str(os.getpid()),
+                                    env={**procenv.compute_env(), "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()),
                                          **({threads.THREADS_ENV: str(self.threads)} if self.threads else {})})
         return Handle(job.id, run_dir, proc, extra={"pid": proc.pid})
 

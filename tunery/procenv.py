@@ -1,0 +1,32 @@
+"""The environment of a process that runs a training: how its threads wait and which allocator it uses.
+
+- OMP_WAIT_POLICY=PASSIVE: an idle OpenMP thread sleeps instead of spinning on a core that another torch process on
+  the machine is waiting for (tunery/threads.py partitions the cores; bench/job_bench.py measures the sharing).
+- jemalloc, when Debian's libjemalloc2 is installed (the Makefile installs it): glibc's allocator fragments under a
+  training step's pattern of large, short-lived tensors and kept 0.5 GB more resident at the step's peak; making glibc
+  map and unmap each large block instead halved the step's speed. jemalloc gives the low peak at full speed
+  (bench/memory_bench.py, docs/benchmarks.md). It must be loaded before the process starts (LD_PRELOAD).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def compute_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) with the settings above added where not already set."""
+    env = dict(os.environ if base is None else base)
+    for key, value in WAIT_POLICY.items():
+        env.setdefault(key, value)
+    if JEMALLOC.is_file() and "jemalloc" not in env.get("LD_PRELOAD", ""):
+        env["LD_PRELOAD"] = " ".join(filter(None, [str(JEMALLOC), env.get("LD_PRELOAD")]))
+    return env
+
+
+def has_compute_env() -> bool:
+    """Whether this process started with compute_env()'s allocator (or none is installed)."""
+    return not JEMALLOC.is_file() or "jemalloc" in os.environ.get("LD_PRELOAD", "")
