@@ -369,3 +369,26 @@ def test_two_process_data_parallel_run_matches_one_process(data, tmp_path, tiny_
     # missing gradient sum would leave each rank stepping on half-batch gradients, far from the single run
     diff = torch.cat([(a[k] - b[k]).flatten() for k in a]).norm() / torch.cat([b[k].flatten() for k in a]).norm()
     assert diff < 1e-2, float(diff)
+
+
+def test_lean_rms_norm_matches_transformers_in_value_and_gradient():
+    """The norm that keeps its input in bf16 (tunery/train/memory.py) against LlamaRMSNorm through autograd: the
+    same output, and a gradient within bf16's rounding of the kept input."""
+    from types import MethodType
+
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from tunery.train import memory
+
+    torch.manual_seed(0)
+    ref, ours = LlamaRMSNorm(64, eps=1e-5), LlamaRMSNorm(64, eps=1e-5)
+    ref.weight.data = ours.weight.data = torch.rand(64) + 0.5
+    ours.forward, ours.saved_dtype = MethodType(memory._rms_norm_forward, ours), torch.bfloat16
+    x = (torch.randn(3, 7, 64) * 4).requires_grad_()
+    g = torch.randn(3, 7, 64)
+    torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)  # outside autocast: fp32 out, identical
+    (gx,) = torch.autograd.grad(ours(x), x, g)
+    (rx,) = torch.autograd.grad(ref(x), x, g)
+    torch.testing.assert_close(gx, rx, rtol=2e-2, atol=2e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours(x).dtype == torch.bfloat16

@@ -22,9 +22,10 @@ def own_weights(model) -> None:
 def share_linear_inputs(model, dtype) -> None:
     """Under autocast, each linear casts its fp32 input to `dtype` and its LoRA branch keeps that copy: the query,
     key and value projections kept three copies of one normalised hidden state, gate and up two. Casting the output
-    of the norms that feed them once leaves one copy each (a fifth of a step's saved activations). Only those
-    norms: a norm whose output joins the residual stream (Gemma's post-attention norm) stays fp32. The gradients of
-    the shared input are then summed in `dtype` before the cast back, where they were summed in fp32."""
+    of the norms that feed them once leaves one copy each. Only those norms: a norm whose output joins the residual
+    stream (Gemma's post-attention norm) stays fp32. The gradients of the shared input are then summed in `dtype`
+    before the cast back, where they were summed in fp32. Llama-style RMSNorms (SmolLM2) also keep their fp32 input,
+    the residual stream, in `dtype` for the backward pass (_RMSNorm)."""
     def to_dtype(module, args, output):
         return output.to(dtype) if torch.is_autocast_enabled(output.device.type) else output
 
@@ -34,7 +35,37 @@ def share_linear_inputs(model, dtype) -> None:
     for layer in _decoder_layers(model):
         feeding_mlp = getattr(layer, "pre_feedforward_layernorm", None) or getattr(layer, "post_attention_layernorm")
         for norm in (layer.input_layernorm, feeding_mlp):
-            norm.register_forward_hook(to_dtype)
+            if hasattr(norm, "variance_epsilon") and type(norm).__name__ == "LlamaRMSNorm":
+                norm.forward = types.MethodType(_rms_norm_forward, norm)
+                norm.saved_dtype = dtype
+            else:
+                norm.register_forward_hook(to_dtype)
+
+
+def _rms_norm_forward(self, x):
+    out_dtype = self.saved_dtype if torch.is_autocast_enabled(x.device.type) else x.dtype
+    return _RMSNorm.apply(x, self.weight, self.variance_epsilon, self.saved_dtype, out_dtype)
+
+
+class _RMSNorm(torch.autograd.Function):
+    """weight * x / rms(x), computed in fp32 as transformers' LlamaRMSNorm does, keeping x for the backward pass in
+    `saved_dtype` (half the bytes of the fp32 residual stream) with the fp32 1/rms. The weight is frozen."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps, saved_dtype, out_dtype):
+        x32 = x.float()
+        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x32.to(saved_dtype), rstd, weight)
+        ctx.in_dtype = x.dtype
+        return (weight * (x32 * rstd).to(x.dtype)).to(out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, rstd, weight = ctx.saved_tensors
+        xhat = x.float() * rstd
+        wg = grad.float() * weight.float()
+        grad_x = rstd * (wg - xhat * (wg * xhat).mean(-1, keepdim=True))
+        return grad_x.to(ctx.in_dtype), None, None, None, None
 
 
 def embeddings_to(model, dtype) -> None:
