@@ -35,8 +35,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# Two pytest workers, one test file each at a time: many tests wait on servers, jobs and browsers, so the
+# two cores stay busy (docs/benchmarks.md has the measured times).
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) bench/validate_bench.py --size-mb 200

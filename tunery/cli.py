@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tunery import models, procenv, threads
+from tunery import models, procenv
 from tunery.data.formats import WRITERS, Columns, parse
 from tunery.data.jsonl import read_records
 from tunery.data.validate import DEFAULT_MAX_ISSUES, Limits, Report, validate
@@ -346,7 +346,6 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_co
 
     Example: tunery serve --port 8080 --allow-path ~/datasets
     """
-    threads.quiet_waits()  # before torch loads: generation here shares the cores with the jobs' processes
     import uvicorn
 
     from tunery import locks

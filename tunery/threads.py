@@ -5,8 +5,10 @@ sleeping, each process burns the cores the other one needs: a tuning run went fr
 `tunery eval` ran beside it. So the cores are partitioned (docs/benchmarks.md, bench/job_bench.py):
 - each of the worker's `max_concurrent` jobs gets `cores // max_concurrent` threads (all of them for one job);
 - generation in the server gets the cores no job holds, and at least one while jobs run;
-- every process waits passively (OMP_WAIT_POLICY=PASSIVE, tunery/procenv.py): a thread with nothing to do sleeps
-  instead of spinning on a core that the other process's threads are waiting for.
+- job processes wait passively (OMP_WAIT_POLICY=PASSIVE, tunery/procenv.py): a thread with nothing to do sleeps
+  instead of spinning on a core that generation is waiting for. The server keeps libgomp's default: with one
+  thread (a job running) it has no team to spin, and alone, spinning is what makes its many small decode steps fast
+  (passive waits made a greedy decode 1.9x slower, docs/benchmarks.md "Serving").
 """
 
 from __future__ import annotations
@@ -40,11 +42,3 @@ def for_training(local_world_size: int = 1) -> int:
     if chosen:
         return max(1, int(chosen))
     return max(1, cores() // local_world_size)
-
-
-def quiet_waits() -> None:
-    """Make this process's OpenMP threads sleep when idle. Only effective before torch is first imported."""
-    from tunery.procenv import WAIT_POLICY
-
-    for key, value in WAIT_POLICY.items():
-        os.environ.setdefault(key, value)
