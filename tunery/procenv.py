@@ -1,11 +1,13 @@
 """The environment of a process that runs a training: how its threads wait and which allocator it uses.
 
-- OMP_WAIT_POLICY=PASSIVE: an idle OpenMP thread sleeps instead of spinning on a core that another torch process on
-  the machine is waiting for (tunery/threads.py partitions the cores; bench/job_bench.py measures the sharing).
+- GOMP_SPINCOUNT=10000: an idle OpenMP thread spins briefly, then sleeps, instead of spinning for libgomp's default
+  300,000 rounds on a core that another torch process on the machine is waiting for (tunery/threads.py partitions
+  the cores; bench/job_bench.py measures the sharing). Sleeping at once (OMP_WAIT_POLICY=PASSIVE) made a training
+  step 19% slower; this short spin measured no slower than the default.
 - jemalloc, when Debian's libjemalloc2 is installed (the Makefile installs it): glibc's allocator fragments under a
   training step's pattern of large, short-lived tensors and kept 0.5 GB more resident at the step's peak; making glibc
-  map and unmap each large block instead halved the step's speed. jemalloc gives the low peak at full speed
-  (bench/memory_bench.py, docs/benchmarks.md). It must be loaded before the process starts (LD_PRELOAD).
+  map and unmap each large block instead halved the step's speed. jemalloc gives the low peak for about 8% of the
+  speed (bench/memory_bench.py, docs/benchmarks.md). It must be loaded before the process starts (LD_PRELOAD).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 from pathlib import Path
 
 JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
-WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+WAIT_POLICY = {"GOMP_SPINCOUNT": "10000"}
 # freed pages go back to the system after 1 s (default 10 s); at 0 s every step faulted its memory in again and ran
 # at half speed
 JEMALLOC_CONF = "dirty_decay_ms:1000,muzzy_decay_ms:0"

@@ -5,8 +5,8 @@ sleeping, each process burns the cores the other one needs: a tuning run went fr
 `tunery eval` ran beside it. So the cores are partitioned (docs/benchmarks.md, bench/job_bench.py):
 - each of the worker's `max_concurrent` jobs gets `cores // max_concurrent` threads (all of them for one job);
 - generation in the server gets the cores no job holds, and at least one while jobs run;
-- job processes wait passively (OMP_WAIT_POLICY=PASSIVE, tunery/procenv.py): a thread with nothing to do sleeps
-  instead of spinning on a core that generation is waiting for. The server keeps libgomp's default: with one
+- job processes spin only briefly when idle (GOMP_SPINCOUNT, tunery/procenv.py), then sleep, instead of spinning on
+  a core that generation is waiting for. The server keeps libgomp's default: with one
   thread (a job running) it has no team to spin, and alone, spinning is what makes its many small decode steps fast
   (passive waits made a greedy decode 1.9x slower, docs/benchmarks.md "Serving").
 """
