@@ -35,10 +35,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-# Two pytest workers, one test file each at a time: many tests wait on servers, jobs and browsers, so the
-# two cores stay busy (docs/benchmarks.md has the measured times).
+# Two pytest workers: many tests wait on servers, jobs and browsers, so the
+# two cores stay busy. Files with module-scoped fixtures keep all their tests on one worker (xdist_group).
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 bench: $(STAMP)
 	$(PY) bench/validate_bench.py --size-mb 200
