@@ -35,10 +35,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-# Two pytest workers: many tests wait on servers, jobs and browsers, so the
-# two cores stay busy. Files with module-scoped fixtures keep all their tests on one worker (xdist_group).
+# Three pytest workers on two cores, one test file each at a time (module fixtures stay in one process): many
+# tests wait on servers, jobs and browsers, and a third worker fills that time (measured in the README).
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 3 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) bench/validate_bench.py --size-mb 200

@@ -474,7 +474,3 @@ def test_compare_evaluates_server_models_over_generate_content(server, home, tun
     assert doc["models"]["tuned"] == {"label": tuned.tuned_model.endpoint, "server": server.url,
                                       "name": tuned.tuned_model.endpoint}
     assert server.services.registry.batches > before  # the server generated them (batched when requests overlap)
-
-
-# module-scoped fixtures (a live server, a tuned job): the whole file on one pytest-xdist worker (make test)
-pytestmark = pytest.mark.xdist_group("test_api")

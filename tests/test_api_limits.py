@@ -190,7 +190,3 @@ def test_numbers_past_what_floats_and_sqlite_hold_are_400s(server, home):
         for token in ("99999999999999999999", "\u00b2", "-1"):
             r = httpx.get(f"{server.url}/v1beta1/{P}/{collection}", params={"pageToken": token})
             assert_error(r, 400, "pageToken: not a token this server issued")
-
-
-# module-scoped fixtures (a live server, a tuned job): the whole file on one pytest-xdist worker (make test)
-pytestmark = pytest.mark.xdist_group("test_api_limits")

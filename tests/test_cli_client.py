@@ -51,7 +51,3 @@ def test_jobs_models_and_generate_round_trip(server):
 def test_unreachable_server_is_a_clear_error():
     res = CliRunner().invoke(cli, ["jobs", "list", "--server", "http://127.0.0.1:9"])
     assert res.exit_code == 2 and "cannot reach the tunery server at http://127.0.0.1:9" in res.stderr
-
-
-# module-scoped fixtures (a live server, a tuned job): the whole file on one pytest-xdist worker (make test)
-pytestmark = pytest.mark.xdist_group("test_cli_client")

@@ -452,7 +452,3 @@ def test_api_key_sign_in_cookie_and_a_short_flow(browser, home, tmp_path):
         assert page.url == url + "/console/login"
         context.close()
     assert KEY not in (keyed / "serve.log").read_text()
-
-
-# module-scoped fixtures (a live server, a tuned job): the whole file on one pytest-xdist worker (make test)
-pytestmark = pytest.mark.xdist_group("test_console")

@@ -293,7 +293,3 @@ def test_eval_commands_report_bad_input_with_exit_code_2(args, message, run_dir,
     r = CliRunner().invoke(cli, [subst.get(a, a) for a in args])
     assert r.exit_code == 2, r.output
     assert message in " ".join(r.stderr.split())
-
-
-# module-scoped fixtures (a live server, a tuned job): the whole file on one pytest-xdist worker (make test)
-pytestmark = pytest.mark.xdist_group("test_eval")

@@ -85,7 +85,3 @@ def test_summarization_notebook_with_the_newest_google_genai_and_no_client_chang
     out = run("sft_summarization.py", server, "--train-examples", "16", "--epochs", "1", "--eval-examples", "2",
               "--poll-seconds", "1", "--zero-change", env=env)
     check_summarization(out, server)
-
-
-# module-scoped fixtures (a live server, a tuned job): the whole file on one pytest-xdist worker (make test)
-pytestmark = pytest.mark.xdist_group("test_examples")

@@ -247,7 +247,3 @@ def test_zz_the_fuzzers_sent_thousands_and_the_stored_data_is_untouched(world):
     job = client.get(f"/v1beta1/{P}/tuningJobs/{ids['job_id']}").json()
     assert job == before["job"] and job["state"] == "JOB_STATE_SUCCEEDED"
     print(f"fuzz: {len(SENT)} requests, statuses {sorted(set(SENT))}")
-
-
-# module-scoped fixtures (a live server, a tuned job): the whole file on one pytest-xdist worker (make test)
-pytestmark = pytest.mark.xdist_group("test_fuzz")

@@ -276,7 +276,3 @@ def test_deleting_the_tuned_model_removes_it_from_both_apis(client, server, job)
                        headers={"x-goog-api-key": KEY})
     assert vertex.status_code == 404
     assert client.fine_tuning.jobs.checkpoints.list(job.id).data == []
-
-
-# module-scoped fixtures (a live server, a tuned job): the whole file on one pytest-xdist worker (make test)
-pytestmark = pytest.mark.xdist_group("test_openai_api")

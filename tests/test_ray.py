@@ -342,7 +342,3 @@ def test_killed_server_and_killed_ray_worker_lose_nothing(ray_head, tiny_model_d
     assert after[-1]["step"] == steps
     assert [r["step"] for r in mt.read_metrics(run_dir(tmp_path, job, shared) / "run")] == list(range(1, steps + 1))
     assert not (tmp_path / "jobs").exists()  # everything went to --artifacts
-
-
-# module-scoped fixtures (a live server, a tuned job): the whole file on one pytest-xdist worker (make test)
-pytestmark = pytest.mark.xdist_group("test_ray")

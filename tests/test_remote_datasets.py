@@ -98,7 +98,3 @@ def test_remote_train_and_validation_with_the_same_basename(storage, scheme, tmp
     assert run["train"]["sha256"] == hashlib.sha256(TRAIN).hexdigest() and run["train"]["examples"] == 24
     assert run["validation"]["sha256"] == hashlib.sha256(VAL).hexdigest() and run["validation"]["examples"] == 8
     assert job["tuningDataStats"]["supervisedTuningDataStats"]["tuningDatasetExampleCount"] == 24
-
-
-# module-scoped fixtures (a live server, a tuned job): the whole file on one pytest-xdist worker (make test)
-pytestmark = pytest.mark.xdist_group("test_remote_datasets")

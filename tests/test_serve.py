@@ -125,7 +125,3 @@ def test_concurrent_requests_for_one_model_share_batches(adapters, tiny_model_di
         t.join()
     assert texts == [alone] * 8  # batched greedy answers equal the single one (left padding handled)
     assert registry.batches - before < 8  # at least two requests rode in the same batch
-
-
-# module-scoped fixtures (a live server, a tuned job): the whole file on one pytest-xdist worker (make test)
-pytestmark = pytest.mark.xdist_group("test_serve")

@@ -347,7 +347,3 @@ def test_new_routes_require_the_key(tmp_path, tiny_model_dir):
             assert r.status_code == 401 and r.json()["error"]["status"] == "UNAUTHENTICATED", path
             ok = http.get(live.url + path, headers={"Metadata-Flavor": "Google", "Authorization": "Bearer k3y"})
             assert ok.status_code == 200, path
-
-
-# module-scoped fixtures (a live server, a tuned job): the whole file on one pytest-xdist worker (make test)
-pytestmark = pytest.mark.xdist_group("test_vertex_sdk")
