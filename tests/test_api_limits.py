@@ -76,6 +76,11 @@ def create_body(home, **over) -> dict:
     ({"hyperParameters": {"epochCount": True}}, "supervisedTuningSpec.hyperParameters.epochCount: expected a whole number"),
     ({"hyperParameters": {"adapterSize": True}}, "supervisedTuningSpec.hyperParameters.adapterSize: expected one of"),
     ({"hyperParameters": {"adapterSize": False}}, "supervisedTuningSpec.hyperParameters.adapterSize: expected one of"),
+    ({"hyperParameters": {"earlyStoppingPatience": "soon"}},
+     "supervisedTuningSpec.hyperParameters.earlyStoppingPatience: expected a whole number"),
+    ({"hyperParameters": {"earlyStoppingPatience": 0}},
+     "supervisedTuningSpec.hyperParameters.earlyStoppingPatience: expected a whole number from 1 to 100"),
+    ({"hyperParameters": {"earlyStoppingPatience": 2}}, "--early-stopping-patience: expected a validation dataset"),
 ])
 def test_create_with_type_confused_fields_is_a_400_naming_the_field(server, home, over, fragment):
     assert_error(post(server, f"/v1beta1/{P}/tuningJobs", create_body(home, **over)), 400, fragment)

@@ -25,7 +25,7 @@ from tunery.api.errors import openai_path
 P = "projects/my-project/locations/us-central1"
 SEED = 20261121
 EXAMPLES = 400  # per test below (a quarter for generation configs): 2,500 requests and more
-ERROR_SECONDS = 2.0
+ERROR_SECONDS = 10.0  # no hang: speed is for bench/, and make test shares the two cores between two test files
 SENT: list[int] = []
 
 scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
