@@ -392,3 +392,38 @@ def test_lean_rms_norm_matches_transformers_in_value_and_gradient():
     torch.testing.assert_close(gx, rx, rtol=2e-2, atol=2e-3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert ours(x).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_lora_linear_matches_peft_in_value_and_gradient(bias):
+    """tunery/train/lora.py's one-node LoRA layer against PEFT's own forward through autograd, in fp32 (tight) and
+    under bf16 autocast (within bf16 rounding): output, input gradient and the gradients of A and B."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from tunery.train import lora
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(24, 40, bias=bias))
+    ref = get_peft_model(net, LoraConfig(r=4, lora_alpha=8, target_modules=["0"]))
+    for p in ref.parameters():  # B starts at zero; make the LoRA path count
+        if p.requires_grad:
+            p.data.normal_()
+    ours = copy.deepcopy(ref)
+    assert lora.use_for_training(ours) == 1
+    x = torch.randn(3, 5, 24)
+    g = torch.randn(3, 5, 40)
+
+    def run(model, autocast):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = model(xi)
+        params = [p for p in model.parameters() if p.requires_grad]
+        return (y, *torch.autograd.grad(y, [xi, *params], g.to(y.dtype)))
+
+    for autocast, tol in ((False, 1e-5), (True, 3e-2)):
+        got, want = run(ours, autocast), run(ref, autocast)
+        assert [t.dtype for t in got] == [t.dtype for t in want]
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol * b.abs().max().item())

@@ -38,7 +38,7 @@ from tunery.train import attention
 from tunery.train import checkpoints as ck
 from tunery.train import distributed
 from tunery.train.distributed import Dist
-from tunery.train import memory
+from tunery.train import lora, memory
 from tunery.train import metrics as mt
 from tunery.train.loss import linear_cross_entropy
 from tunery.train.selection import EarlyStop, default_checkpoint
@@ -287,6 +287,7 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
         memory.embeddings_to(model, torch.bfloat16)
     memory.own_weights(model)  # releases the checkpoint file's map (its fp32 pages)
     memory.recompute_gated_activation(model)
+    lora.use_for_training(model)  # each LoRA linear one autograd node: no scaling multiply or extra add
     if cfg.init_adapter:
         _load_adapter_weights(model, Path(cfg.init_adapter), cfg.adapter_size)
     model.train()
