@@ -81,6 +81,14 @@ def create_body(home, **over) -> dict:
     ({"hyperParameters": {"earlyStoppingPatience": 0}},
      "supervisedTuningSpec.hyperParameters.earlyStoppingPatience: expected a whole number from 1 to 100"),
     ({"hyperParameters": {"earlyStoppingPatience": 2}}, "--early-stopping-patience: expected a validation dataset"),
+    ({"hyperParameters": {"learningRateMultiplyer": 2}},  # misspelt: not silently the default
+     "supervisedTuningSpec.hyperParameters.learningRateMultiplyer: unknown field; expected one of epochCount, "
+     "learningRateMultiplier, learningRate, adapterSize, batchSize, earlyStoppingPatience"),
+    ({"hyperParameters": {"maxLength": 256}}, "supervisedTuningSpec.hyperParameters.maxLength: unknown field"),
+    ({"hyperParameters": {"adapterSize": 8}},  # a number is the proto enum's (4 is ADAPTER_SIZE_SIXTEEN)
+     "adapterSize: expected one of ADAPTER_SIZE_ONE, ADAPTER_SIZE_TWO, ADAPTER_SIZE_FOUR, ADAPTER_SIZE_EIGHT, "
+     "ADAPTER_SIZE_SIXTEEN (or the enum's number: 1 for ADAPTER_SIZE_ONE, 6 for ADAPTER_SIZE_TWO, "
+     "2 for ADAPTER_SIZE_FOUR, 3 for ADAPTER_SIZE_EIGHT, 4 for ADAPTER_SIZE_SIXTEEN), found 8"),
 ])
 def test_create_with_type_confused_fields_is_a_400_naming_the_field(server, home, over, fragment):
     assert_error(post(server, f"/v1beta1/{P}/tuningJobs", create_body(home, **over)), 400, fragment)

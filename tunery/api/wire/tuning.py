@@ -9,7 +9,7 @@ from typing import Any
 from tunery.api.errors import ApiError
 from dataclasses import dataclass
 
-from tunery.api.wire.common import bool_field, float_field, get, int_field, object_field, str_field
+from tunery.api.wire.common import _snake, bool_field, float_field, get, int_field, object_field, str_field
 from tunery.api.wire import metadata
 from tunery.jobs.store import Endpoint, Job, Model
 
@@ -85,15 +85,26 @@ def adapter_size(value: Any, field: str) -> int | None:
         return None
     if isinstance(value, str) and value.upper() in ADAPTER_SIZES:
         return ADAPTER_SIZES[value.upper()]
-    if isinstance(value, int) and value in OLD_SDK_ADAPTER_SIZES:
+    if isinstance(value, int) and value in OLD_SDK_ADAPTER_SIZES:  # proto JSON: an enum as its number
         return OLD_SDK_ADAPTER_SIZES[value]
-    raise ApiError(400, f"{field}: expected one of {', '.join(ADAPTER_SIZES)}, found {value!r}")
+    raise ApiError(400, f"{field}: expected one of {', '.join(ADAPTER_SIZES)} (or the enum's number: "
+                        f"{', '.join(f'{n} for {ADAPTER_SIZE_NAMES[r]}' for n, r in OLD_SDK_ADAPTER_SIZES.items())}), "
+                        f"found {value!r}")
+
+
+# supervisedTuningSpec.hyperParameters fields: Vertex's SupervisedHyperParameters, and tunery's own last
+HYPERPARAMETERS = ("epochCount", "learningRateMultiplier", "learningRate", "adapterSize", "batchSize",
+                   "earlyStoppingPatience")
 
 
 def hyperparameters(spec: dict) -> dict:
-    """TuningConfig fields from supervisedTuningSpec.hyperParameters (validated, with field paths in errors)."""
+    """TuningConfig fields from supervisedTuningSpec.hyperParameters (validated, with field paths in errors). An
+    unknown field is an error, as on Vertex: a misspelt one would otherwise tune silently with the default."""
     hp = get(spec, "hyperParameters") or {}
     where = "supervisedTuningSpec.hyperParameters"
+    known = set(HYPERPARAMETERS) | {_snake(k) for k in HYPERPARAMETERS}
+    if unknown := [k for k in hp if k not in known]:
+        raise ApiError(400, f"{where}.{unknown[0]}: unknown field; expected one of {', '.join(HYPERPARAMETERS)}")
     out = {"epochs": int_field(get(hp, "epochCount"), f"{where}.epochCount", 1, 100),
            "learning_rate_multiplier": float_field(get(hp, "learningRateMultiplier"), f"{where}.learningRateMultiplier", 0, 100),
            "adapter_size": adapter_size(get(hp, "adapterSize"), f"{where}.adapterSize"),
