@@ -2,7 +2,7 @@
 
 Every answer is a span of its context. Writes squad_train.csv, squad_validation.csv and squad_test.csv next to
 this script with columns id,title,context,question,answers.
-Usage: python examples/data/make_qa.py [--train 120] [--val 20] [--test 30] [--seed 3]
+Usage: python examples/data/make_qa.py [--train 120] [--val 20] [--test 30] [--seed 3] [--out DIR]
 """
 
 from __future__ import annotations
@@ -41,12 +41,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name, default in (("train", 120), ("val", 20), ("test", 30), ("seed", 3)):
         ap.add_argument(f"--{name}", type=int, default=default)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent)
     args = ap.parse_args()
     rows = make(args.train + args.val + args.test, random.Random(args.seed))
     splits = {"squad_train.csv": rows[:args.train], "squad_validation.csv": rows[args.train:args.train + args.val],
               "squad_test.csv": rows[args.train + args.val:]}
     for name, part in splits.items():
-        with open(Path(__file__).parent / name, "w", encoding="utf-8", newline="") as f:
+        with open(args.out / name, "w", encoding="utf-8", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["id", "title", "context", "question", "answers"])
             w.writeheader()
             w.writerows(part)
