@@ -67,7 +67,7 @@ TASKS = {
     "chat": Task("generation", "chrf", ("chat_train.jsonl", "chat_val.jsonl", "chat_test.jsonl"), 64),
 }
 HYPERPARAMETERS = ("epochCount", "learningRateMultiplier", "learningRate", "adapterSize", "batchSize",
-                   "earlyStoppingPatience")  # what tunery's API reads (tunery/api/wire/tuning.py); it ignores others
+                   "earlyStoppingPatience")  # what tunery's API reads (tunery/api/wire/tuning.py); it refuses others
 ADAPTER_SIZES = {1: "ADAPTER_SIZE_ONE", 2: "ADAPTER_SIZE_TWO", 4: "ADAPTER_SIZE_FOUR", 8: "ADAPTER_SIZE_EIGHT",
                  16: "ADAPTER_SIZE_SIXTEEN"}  # as names: a bare 4 is the old SDK's enum number for rank 16
 QA_SYSTEM = "Answer the question with a concise extract from the given context."

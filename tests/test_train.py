@@ -249,7 +249,7 @@ def _tune_cmd(data, out, model_dir) -> list[str]:
             "--output", str(out)]
 
 
-def test_kill_dash_nine_then_rerun_resumes_to_the_same_result(data, tmp_path, tiny_model_dir):
+def test_kill_dash_nine_then_rerun_resumes_to_the_same_result(data, tmp_path, tiny_model_dir, monkeypatch):
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(_tune_cmd(data, out, tiny_model_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -270,9 +270,16 @@ def test_kill_dash_nine_then_rerun_resumes_to_the_same_result(data, tmp_path, ti
     assert [r["step"] for r in records] == list(range(1, 49))  # 24/4 x 8 epochs, each step exactly once
     assert json.loads((out / "manifest.json").read_text())["steps"] == 48
 
-    straight = tmp_path / "straight"
-    train(TuningConfig(train=str(data[0]), base_model=str(tiny_model_dir), epochs=8, batch_size=4, learning_rate=5e-3,
-                       output=str(straight)))
+    straight = tmp_path / "straight"  # uninterrupted, in the precision the killed run measured when it began
+    from tunery import device
+
+    monkeypatch.setenv("TUNERY_PRECISION", json.loads((out / "run.json").read_text())["runtime"]["precision"])
+    device.pick.cache_clear()
+    try:
+        train(TuningConfig(train=str(data[0]), base_model=str(tiny_model_dir), epochs=8, batch_size=4,
+                           learning_rate=5e-3, output=str(straight)))
+    finally:
+        device.pick.cache_clear()
     from safetensors.torch import load_file
 
     a = load_file(out / "adapter" / "adapter_model.safetensors")
