@@ -158,7 +158,8 @@ def test_create_shows_the_bad_line_then_tunes_while_progress_and_chart_move(page
     page.goto("/console/new")
     page.set_input_files("#train_file", str(home / "files" / "colours_bad.jsonl"))
     page.fill("#display_name", "colours")
-    page.click("#create-job")
+    with page.expect_navigation():  # the form posts and the page comes back with the findings
+        page.click("#create-job")
     issue = page.locator('.issue.sev-error[data-code="empty_text"]')
     assert issue.count() == 1, page.content()
     assert issue.get_attribute("data-line") == "3"
@@ -171,7 +172,8 @@ def test_create_shows_the_bad_line_then_tunes_while_progress_and_chart_move(page
     page.set_input_files("#train_file", str(home / "files" / "colours.jsonl"))
     page.set_input_files("#validation_file", str(home / "val.jsonl"))
     page.fill("#batch_size", "8")
-    page.click("#check")
+    with page.expect_navigation():
+        page.click("#check")
     assert page.locator("#findings .ok").count() == 1
     assert page.inner_text("#stat-examples") == "40"
     assert "10 (server default)" in page.inner_text("#findings")  # 40 examples -> the server would choose 10 epochs
@@ -416,7 +418,8 @@ def test_api_key_sign_in_cookie_and_a_short_flow(browser, home, tmp_path):
         assert r.status == 403 and "security token" in r.text()
         shot(page, "login")
         page.fill("#key", "wrong-key")
-        page.click("#sign-in")
+        with page.expect_navigation():
+            page.click("#sign-in")
         assert "wrong API key" in page.inner_text("#error")
         page.goto("/console")
         assert page.url == url + "/console/login"
