@@ -62,7 +62,7 @@ def load_settings(root: Path | None = None) -> Settings:
 
 ADAPTER_SIZES = (1, 2, 4, 8, 16)  # Vertex's ADAPTER_SIZE_ONE..SIXTEEN; the LoRA rank
 DEFAULT_ADAPTER_SIZE = 4  # Vertex's default
-BASE_LEARNING_RATE = 1e-3  # AdamW peak LR at learningRateMultiplier 1.0 (LoRA on small models; see docs/training.md)
+BASE_LEARNING_RATE = 2e-3  # peak LR at learningRateMultiplier 1.0, chosen by bench/quality_bench.py (docs/training.md)
 DEFAULT_BATCH_SIZE = 8  # examples per optimizer step
 MAX_EPOCHS = 100
 
