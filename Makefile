@@ -35,11 +35,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-# Two pytest workers, one test file each at a time (module fixtures stay in one process), the longest files first
-# (tests/conftest.py): many tests wait on servers, jobs and browsers, so the two cores stay busy. A third worker
-# measured no faster (README).
+# Two pytest workers, one test file each at a time (module fixtures stay in one process): many tests wait on
+# servers, jobs and browsers, so the two cores stay busy. A third worker, and the longest files first, measured no
+# faster (docs/benchmarks.md).
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) bench/validate_bench.py --size-mb 200

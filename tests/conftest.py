@@ -16,24 +16,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tunery import models  # noqa: E402
 
-# `make test` runs two xdist workers, a file at a time, in this order (`--no-loadscope-reorder`; xdist's own order
-# puts files with the most tests first, which left the longest single tests to the end with one worker idle).
-# Longest first: seconds per file measured with `pytest -n 2 --dist loadfile --durations=70` on the 2-core machine.
-LONGEST_FIRST = ["test_examples.py",  # ~230 s
-                 "test_resume.py",  # ~190
-                 "test_train_real.py",  # ~140
-                 "test_jobs_worker.py",  # ~140
-                 "test_ray.py",  # ~135
-                 "test_chaos.py",  # ~110
-                 "test_fuzz.py",  # ~85
-                 "test_api.py",  # ~70
-                 "test_train.py", "test_vertex_sdk.py", "test_remote_datasets.py", "test_console.py"]  # 35-60
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
-
 
 @pytest.fixture(scope="session")
 def spec() -> models.BaseModelSpec:
