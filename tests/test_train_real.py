@@ -1,4 +1,7 @@
-"""The real default model learns the bundled alert-summary format in a short CPU run (slow: ~2-3 minutes)."""
+"""The real default model learns the bundled alert-summary format in a short CPU run (slow: about 1 minute idle).
+
+64 examples x 2 epochs (16 steps) at the default learning rate: format_match 0.70 in bf16 and in float32 (measured
+2026-11-22); 120 examples took twice as long for the same check."""
 
 from __future__ import annotations
 
@@ -24,10 +27,10 @@ def test_tuned_model_follows_the_format_on_held_out_prompts(tmp_path):
     """Metric: format_match, the share of answers whose line structure (ALERT SUMMARY, then Service, <resource>,
     Region, Issue, Severity, Action) equals the reference's. Base SmolLM2 never produces it."""
     subset = tmp_path / "train.jsonl"
-    subset.write_text("".join((DATA / "alerts_train.jsonl").read_text().splitlines(keepends=True)[:120]))
+    subset.write_text("".join((DATA / "alerts_train.jsonl").read_text().splitlines(keepends=True)[:64]))
     result = train(TuningConfig(train=str(subset), output=str(tmp_path / "run"), epochs=2))
     losses = [r[mt.TRAIN_LOSS] for r in mt.read_metrics(tmp_path / "run")]
-    assert result.steps == 30 and sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+    assert result.steps == 16 and sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
 
     rows = list(csv.DictReader(open(DATA / "alerts_test.csv", encoding="utf-8")))[:10]
     prompts = [Prompt((Turn("user", r["input_text"]),)) for r in rows]
