@@ -157,6 +157,28 @@ def test_training_attention_with_softcap_equals_autograd_of_the_formula():
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_chunked_head_loss_equals_cross_entropy_of_full_logits_in_value_and_gradient(softcap):
+    """linear_cross_entropy over more rows than one chunk (so the chunks' sums and the gradient's concatenation are
+    exercised) equals cross_entropy(hidden @ weight.T) with autograd, and counts the same argmax hits."""
+    from tunery.train.loss import CHUNK_ROWS, linear_cross_entropy
+
+    torch.manual_seed(2)
+    n, vocab = CHUNK_ROWS + 37, 50
+    hidden = torch.randn(n, 16, requires_grad=True)
+    weight, gold = torch.randn(vocab, 16), torch.randint(0, vocab, (n,))
+    loss, correct = linear_cross_entropy(hidden, weight, gold, torch.float32, softcap)
+    grad, = torch.autograd.grad(loss * 0.5, hidden)
+    plain = hidden @ weight.T
+    if softcap:
+        plain = torch.tanh(plain / softcap) * softcap
+    ref = torch.nn.functional.cross_entropy(plain, gold, reduction="sum")
+    ref_grad, = torch.autograd.grad(ref * 0.5, hidden)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
+    assert correct == int((plain.argmax(-1) == gold).sum()) > 0
+
+
 def test_only_lora_parameters_change(template, tiny_model_dir):
     model = _attach_lora(models.load_model_fresh(models.resolve(str(tiny_model_dir))), 4, 0)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
