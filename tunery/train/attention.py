@@ -2,9 +2,9 @@
 
 On this class of CPU, PyTorch's fused SDPA kernel (flash attention for CPU) is slow in the backward pass for
 short sequences: for 8 x 9 heads x 140 tokens x 64 dims in bf16, forward plus backward takes 31 ms fused,
-18 ms with the math backend, and 9 ms as two plain matmuls around an fp32 softmax. Above about 320 tokens
+18 ms with the math backend, and 9 ms as two plain matmuls around an fp32 softmax. Above about 160 tokens
 the fused kernel wins again (it never materialises the T x T scores). So `causal_attention` uses plain matmuls
-X
+up to MATMUL_MAX_LENGTH tokens and the fused kernel above.
 Measurements are in docs/training.md.
 
 Registered with transformers' AttentionInterface as "tunery_causal". A model set to it gets no attention mask
@@ -15,11 +15,13 @@ it; generation (left padding) must not.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 NAME = "tunery_causal"
-MATMUL_MAX_LENGTH = 320  # measured crossover with the fused kernel (docs/training.md)
+MATMUL_MAX_LENGTH = 160  # measured crossover with the fused kernel (bench/attention_bench.py, docs/training.md)
 
 
 def causal_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
@@ -46,15 +48,15 @@ def causal_attention(module, query, key, value, attention_mask, dropout: float =
 
 
 def _probs(q, k, scale: float, softcap: float | None, window: int | None, groups: int):
-    """fp32 softmax of the causal scores of q (B, Hkv, G*T, D) against k (B, Hkv, T, D), and tanh(scores / softcap)
-    when the model caps them (for the backward pass)."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    capped = None
-    if softcap:
-        capped = torch.tanh(scores / softcap)
-        scores = capped * softcap
-    scores = scores.masked_fill(_blocked(k.shape[-2], window, scores.device, groups), float("-inf"))
-    return torch.softmax(scores.float(), dim=-1), capped
+    """fp32 softmax of the causal scores of q (N, G*T, D) against k (N, T, D), and tanh(scores / softcap) when the
+    model caps them (for the backward pass). Scaling and masking ride on the score matmul (baddbmm with an additive
+    0/-inf mask), and the softmax reads the compute dtype and writes fp32: no separate scale, mask or cast pass."""
+    bias = _bias(k.shape[1], window, groups, q.dtype, q.device)
+    if not softcap:
+        scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale)
+        return torch.softmax(scores, -1, dtype=torch.float32), None
+    capped = torch.tanh(torch.bmm(q, k.transpose(1, 2)).mul_(scale / softcap))
+    return torch.softmax(torch.addcmul(bias, capped, capped.new_tensor(softcap)), -1, dtype=torch.float32), capped
 
 
 class _MatmulAttention(torch.autograd.Function):
@@ -69,49 +71,56 @@ class _MatmulAttention(torch.autograd.Function):
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
         ctx.dtypes = (query.dtype, key.dtype, value.dtype)
         b, h, t, d = query.shape
-        groups = h // key.shape[1]
-        q = query.to(dtype).reshape(b, key.shape[1], groups * t, d)
-        key, value = key.to(dtype), value.to(dtype)
+        heads = key.shape[1]
+        groups = h // heads
+        q = query.to(dtype).reshape(b * heads, groups * t, d)
+        key, value = key.to(dtype).reshape(b * heads, t, d), value.to(dtype).reshape(b * heads, t, d)
         with torch.autocast(device, enabled=False):
             probs, _ = _probs(q, key, scale, softcap, window, groups)
-            out = torch.matmul(probs.to(dtype), value).view(b, h, t, d)
+            out = torch.bmm(probs.to(dtype), value).view(b, h, t, d)
         ctx.save_for_backward(q, key, value)
-        ctx.args = (scale, softcap, window, groups)
+        ctx.args = (scale, softcap, window, groups, (b, h, t, d), (b, heads, t, d))
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, key, value = ctx.saved_tensors
-        scale, softcap, window, groups = ctx.args
-        grad_out = grad_out.to(q.dtype).reshape(q.shape)
-        probs, capped = _probs(q, key, scale, softcap, window, groups)
-        grad_v = torch.matmul(probs.to(value.dtype).transpose(-1, -2), grad_out)  # sums over the G heads
-        grad_p = torch.matmul(grad_out, value.transpose(-1, -2)).float()
-        grad_s = probs * (grad_p - (grad_p * probs).sum(-1, keepdim=True))  # softmax backward, fp32
-        if capped is not None:  # d/dx [c tanh(x / c)] = 1 - tanh(x / c)^2
-            grad_s = grad_s * (1 - capped.float() ** 2)
-        grad_s = grad_s.to(q.dtype) * scale
-        b, h, t, d = q.shape[0], q.shape[1] * groups, key.shape[-2], q.shape[-1]
-        grad_q = torch.matmul(grad_s, key).view(b, h, t, d)
-        grad_k = torch.matmul(grad_s.transpose(-1, -2), q)  # sums over the G heads
+        scale, softcap, window, groups, q_shape, kv_shape = ctx.args
+        with torch.autocast(q.device.type, enabled=False):
+            grad_out = grad_out.to(q.dtype).reshape(q.shape)
+            probs, capped = _probs(q, key, scale, softcap, window, groups)
+            grad_v = torch.bmm(probs.to(value.dtype).transpose(1, 2), grad_out)  # sums over the G heads
+            grad_s = torch.bmm(grad_out, value.transpose(1, 2)).float()  # d loss / d probs, then in place:
+            row = (grad_s * probs).sum(-1, keepdim=True)
+            grad_s.sub_(row).mul_(probs)  # softmax backward, fp32
+            if capped is not None:  # d/dx [c tanh(x / c)] = 1 - tanh(x / c)^2
+                grad_s.mul_(1 - capped.float().square())
+            grad_s = grad_s.mul_(scale).to(q.dtype)
+            grad_q = torch.bmm(grad_s, key).view(q_shape)
+            grad_k = torch.bmm(grad_s.transpose(1, 2), q).view(kv_shape)  # sums over the G heads
+            grad_v = grad_v.view(kv_shape)
         grads = (g.to(dt) for g, dt in zip((grad_q, grad_k, grad_v), ctx.dtypes))
         return *grads, None, None, None
 
 
-_MASKS: dict[tuple, torch.Tensor] = {}
-
-
+# A few (length, window, ...) shapes at a time: a step's layers share one length, and length-grouped batches change it
+# every step, so an unbounded cache would keep one mask per length ever seen (tens of MB over all lengths).
+@functools.lru_cache(maxsize=8)
 def _blocked(length: int, window: int | None, device, groups: int = 1) -> torch.Tensor:
     """(G*T, T) bool: True where position i must not see j (the future, and beyond a sliding window); the (T, T)
     pattern repeated for each of G stacked query heads."""
-    key = (length, window, str(device), groups)
-    if key not in _MASKS:
-        i = torch.arange(length, device=device)
-        blocked = i[None, :] > i[:, None]
-        if window:
-            blocked |= i[None, :] <= i[:, None] - window
-        _MASKS[key] = blocked.repeat(groups, 1)
-    return _MASKS[key]
+    i = torch.arange(length, device=device)
+    blocked = i[None, :] > i[:, None]
+    if window:
+        blocked |= i[None, :] <= i[:, None] - window
+    return blocked.repeat(groups, 1)
+
+
+@functools.lru_cache(maxsize=8)
+def _bias(length: int, window: int | None, groups: int, dtype, device) -> torch.Tensor:
+    """(G*T, T) additive mask: 0 where position i may see j, -inf where _blocked says it must not."""
+    blocked = _blocked(length, window, device, groups)
+    return torch.zeros(blocked.shape, dtype=dtype, device=device).masked_fill_(blocked, float("-inf"))
 
 
 def use_for_training(model) -> None:
