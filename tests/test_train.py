@@ -161,10 +161,11 @@ def test_training_attention_with_softcap_equals_autograd_of_the_formula():
 def test_chunked_head_loss_equals_cross_entropy_of_full_logits_in_value_and_gradient(softcap):
     """linear_cross_entropy over more rows than one chunk (so the chunks' sums and the gradient's concatenation are
     exercised) equals cross_entropy(hidden @ weight.T) with autograd, and counts the same argmax hits."""
-    from tunery.train.loss import CHUNK_ROWS, linear_cross_entropy
+    from tunery.train.loss import chunk_rows, linear_cross_entropy
 
+    assert chunk_rows(49_152) == 256 and chunk_rows(262_144) == 48 and chunk_rows(50) == 256
     torch.manual_seed(2)
-    n, vocab = CHUNK_ROWS + 37, 50
+    n, vocab = 256 + 37, 50
     hidden = torch.randn(n, 16, requires_grad=True)
     weight, gold = torch.randn(vocab, 16), torch.randint(0, vocab, (n,))
     loss, correct = linear_cross_entropy(hidden, weight, gold, torch.float32, softcap)

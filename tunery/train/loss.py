@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import torch
 
-# supervised positions per chunk: 256 x 49,152 fp32 logits is 50 MB at a time. Against 64 rows this made the head's
-# forward and backward 1.5x faster (bigger matmuls), for about 30 MB more at the step's peak (docs/training.md)
+# Supervised positions per chunk: 256 rows of SmolLM2's 49,152 fp32 logits, 50 MB at a time. Against 64 rows this made
+# the head's forward and backward 1.5x faster (bigger matmuls), for about 30 MB more at the step's peak
+# (docs/training.md). A larger vocabulary gets fewer rows for the same 50 MB (Gemma 3's 262,144: 48 rows).
 CHUNK_ROWS = 256
+CHUNK_LOGITS = CHUNK_ROWS * 49_152
+
+
+def chunk_rows(vocab: int) -> int:
+    return max(16, min(CHUNK_ROWS, CHUNK_LOGITS // vocab))
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, gold: torch.Tensor, dtype: torch.dtype,
@@ -56,8 +62,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         correct, grads = 0, []
         with torch.autocast(hidden.device.type, enabled=False):
-            for k in range(0, len(gold), CHUNK_ROWS):
-                loss, c, g = _chunk(hidden[k:k + CHUNK_ROWS], w, gold[k:k + CHUNK_ROWS], softcap, want_grad)
+            rows = chunk_rows(w.shape[0])
+            for k in range(0, len(gold), rows):
+                loss, c, g = _chunk(hidden[k:k + rows], w, gold[k:k + rows], softcap, want_grad)
                 total += loss
                 correct += c
                 grads.append(g)
