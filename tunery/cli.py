@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunery import models, procenv
+from tunery.config import BASE_LEARNING_RATE
 from tunery.data.formats import WRITERS, Columns, parse
 from tunery.data.jsonl import read_records
 from tunery.data.validate import DEFAULT_MAX_ISSUES, Limits, Report, validate
@@ -230,7 +231,7 @@ def inspect_cmd(file, line_no, base_model, max_length, input_column, output_colu
 @click.option("--validation", type=click.Path(dir_okay=False), help="Validation dataset (eval metrics during tuning).")
 @click.option("--base-model", help="Registry name, Gemini alias, local model dir or hub id (default: the configured default).")
 @click.option("--epochs", type=int, help="Passes over the data (default: chosen from the dataset size).")
-@click.option("--learning-rate-multiplier", type=float, default=1.0, show_default=True, help="Times the base LoRA learning rate (1e-3).")
+@click.option("--learning-rate-multiplier", type=float, default=1.0, show_default=True, help=f"Times the base LoRA learning rate ({BASE_LEARNING_RATE:g}).")
 @click.option("--learning-rate", type=float, help="Absolute peak learning rate (overrides the multiplier).")
 @click.option("--adapter-size", type=int, default=4, show_default=True, help="LoRA rank: 1, 2, 4, 8 or 16.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Examples per optimizer step.")
