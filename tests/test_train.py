@@ -200,6 +200,51 @@ def test_only_lora_parameters_change(template, tiny_model_dir):
     assert any("lora_B" in k for k in changed)
 
 
+@pytest.mark.parametrize("autocast", [None, "bfloat16"])
+def test_recomputed_layers_give_the_same_loss_and_gradients(template, tiny_model_dir, autocast):
+    """memory.LayerRecompute: layers switched to recompute run their forward twice (once more in the backward pass)
+    and the step's loss and every LoRA gradient equal the kept-activations step's; the training path's own layers
+    (one-node LoRA, gated MLP, training attention, bf16 shared inputs) are in place."""
+    from tunery.data.schema import Example, Turn
+    from tunery.train import lora, memory
+
+    runtime = Runtime("cpu", autocast)
+    base = models.load_model_fresh(models.resolve(str(tiny_model_dir)))
+    attention.use_for_training(base)
+    model = _attach_lora(base, 4, 0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(std=0.1)  # B starts at zero; make every LoRA gradient count
+    if autocast:
+        memory.share_linear_inputs(model, torch.bfloat16)
+    memory.recompute_gated_activation(model)
+    lora.use_for_training(model)
+    model.train()
+    ids, labels = collate(template.render_batch([Example((Turn("user", "Hi there"), Turn("model", "Hello! How are you?"))),
+                                                 Example((Turn("user", "2+2"), Turn("model", "4")))]), template.end_id)
+    recompute = memory.LayerRecompute(model)
+    calls = []
+    recompute.layers[0].mlp.register_forward_pre_hook(lambda *a: calls.append(1))  # inside the layer: seen on replay
+
+    def step():
+        calls.clear()
+        loss, _, n = _forward(model, ids, labels, runtime)
+        (loss / n).backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return loss.item(), grads, len(calls)
+
+    assert recompute.set_for(ids.numel()) == 0  # a short batch keeps everything
+    kept = step()
+    recompute.budget = 1
+    assert recompute.set_for(ids.numel()) == len(recompute.layers) == 2
+    again = step()
+    assert (kept[2], again[2]) == (1, 2)  # the first layer ran once, then once more in the backward pass
+    assert again[0] == kept[0] and kept[1].keys() == again[1].keys() and len(kept[1]) == 2 * 7 * 2
+    for k in kept[1]:
+        torch.testing.assert_close(again[1][k], kept[1][k], rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------- whole runs
 
 def test_a_run_learns_and_writes_vertex_artifacts(data, tmp_path, tiny_model_dir):

@@ -214,13 +214,16 @@ def _prepare(cfg: TuningConfig, template: ChatTemplate, max_length: int) -> _Pla
 
 
 def _train_step(model, optimizer, trainable, rows: list[Rendered], pad_id: int, runtime: Runtime, dist: Dist,
-                step: int) -> dict[str, float]:
-    """One optimizer step on this rank's share of a batch; the loss is normalised by the global token count."""
+                step: int, recompute: memory.LayerRecompute | None = None) -> dict[str, float]:
+    """One optimizer step on this rank's share of a batch; the loss is normalised by the global token count. Long
+    batches recompute some layers' activations in the backward pass instead of keeping them (`recompute`)."""
     import torch
 
     mine = dist.shard(rows)
     if mine:
         ids, labels = collate(mine, pad_id)
+        if recompute is not None:
+            recompute.set_for(ids.numel())
         loss_sum, correct, n = _forward(model, ids, labels, runtime)
     else:  # a short last batch can leave a rank with nothing
         loss_sum, correct, n = torch.zeros((), requires_grad=True), 0, 0
@@ -290,6 +293,7 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
     lora.use_for_training(model)  # each LoRA linear one autograd node: no scaling multiply or extra add
     if cfg.init_adapter:
         _load_adapter_weights(model, Path(cfg.init_adapter), cfg.adapter_size)
+    recompute = memory.LayerRecompute(model)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.peak_learning_rate, weight_decay=0.0)
@@ -323,7 +327,7 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
             for g in optimizer.param_groups:
                 g["lr"] = _lr_at(step, total, cfg.peak_learning_rate)
             rows = [plan.train_rows[i] for i in order[1][index]]
-            last = _train_step(model, optimizer, trainable, rows, pad_id, runtime, dist, step)
+            last = _train_step(model, optimizer, trainable, rows, pad_id, runtime, dist, step, recompute)
             step += 1
             crash("step")
             stop = False
