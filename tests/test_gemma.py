@@ -1,0 +1,62 @@
+"""Gemma 3 270M (the `[gemma]` extra) as a first-class base model, on the real GGUF: its chat template on its own
+tokenizer, a short tuning run through tunery's training path (sliding-window layers, the 262k-token head in
+chunks), and generation from the tuned adapter. Slow: 30 s once its tokenizer and weights are extracted
+into the test home, 90 s the first time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunery import models
+from tunery.config import TuningConfig
+from tunery.data.schema import Example, Turn
+from tunery.device import pick
+from tunery.serve.generate import GenerationConfig, Prompt, generate
+from tunery.train import metrics as mt
+from tunery.train.engine import train
+
+DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    return models.resolve("gemma-3-270m")
+
+
+@pytest.mark.slow
+def test_gemma_template_on_its_own_tokenizer(spec):
+    template = models.load_template(spec)
+    assert template.spec.name == "gemma"
+    tok = models.load_fast_tokenizer(spec)
+    r = template.render(Example((Turn("user", "Hi"), Turn("model", "Hello!")), system="Be brief."))
+    text = tok.decode(r.input_ids, skip_special_tokens=False)
+    assert text == "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+    start, end = (tok.token_to_id(t) for t in ("<start_of_turn>", "<end_of_turn>"))
+    assert r.input_ids.count(start) == 2 and r.input_ids.count(end) == 2  # control markers are single special ids
+    supervised = [i for i, label in zip(r.input_ids, r.labels) if label != -100]
+    assert tok.decode(supervised, skip_special_tokens=False) == "Hello!<end_of_turn>"  # the model's answer and its end marker, nothing else
+    assert template.end_id == end
+
+
+@pytest.mark.slow
+def test_gemma_tunes_and_generates_from_its_adapter(spec, tmp_path):
+    subset = tmp_path / "train.jsonl"
+    subset.write_text("".join((DATA / "alerts_train.jsonl").read_text().splitlines(keepends=True)[:16]))
+    result = train(TuningConfig(train=str(subset), output=str(tmp_path / "run"), base_model="gemma-3-270m",
+                                epochs=2, batch_size=8))
+    losses = [r[mt.TRAIN_LOSS] for r in mt.read_metrics(tmp_path / "run")]
+    assert result.steps == 4 and losses[-1] < 0.6 * losses[0], losses
+
+    from peft import PeftModel
+
+    template = models.load_template(spec)
+    base = models.load_model_fresh(spec).eval()
+    tuned = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter")).eval()
+    line = (DATA / "alerts_train.jsonl").read_text().splitlines()[20]
+    import json
+
+    prompt = Prompt((Turn("user", json.loads(line)["messages"][0]["content"]),))
+    out = generate(tuned, template, [prompt], GenerationConfig(max_output_tokens=24), pick())[0]
+    assert out.text.startswith("ALERT SUMMARY"), out.text
