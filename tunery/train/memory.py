@@ -117,10 +117,11 @@ class _GatedProduct(torch.autograd.Function):
 
 # Saved activations a training step may keep before it recomputes layers in the backward pass. SmolLM2-135M keeps
 # about 18 KB per token per layer (measured with saved_tensors_hooks; the estimate below says 21.5 KB). Under this
-# budget a batch of up to 1,137 tokens (8 x 142) recomputes nothing, and the longest alert-summary batches (8 x 151)
-# recompute 2 of 30 layers; batches of 8 x 450 tokens recompute 21. At 768 MiB the long examples' run peaked at
-# 1.99 GB (goal: 2), at 700 MiB at 1.87 GB, for 18% more time than keeping everything (docs/training.md).
-ACTIVATION_BUDGET = 700 * 2**20
+# budget a batch of up to 1,247 tokens (8 x 155) recomputes nothing, so the alert summaries (at most 151 tokens per
+# example) are never slowed; batches of 8 x 450 tokens recompute 20 of 30 layers, which took their run from 3.39 to
+# 1.99 GB (goal: 2). 700 MiB gave 1.91 GB but recomputed 2 layers on the longest alert batches, and the training
+# bench measured 4% slower (docs/training.md).
+ACTIVATION_BUDGET = 768 * 2**20
 
 
 class LayerRecompute:
