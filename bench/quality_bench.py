@@ -18,7 +18,8 @@ Time: each job's wall time from create to SUCCEEDED, and its CPU time: the CPU t
 job's process tree) used meanwhile, read from /proc (Linux; elsewhere the wall time stands in).
 
 Settings use the REST names of supervisedTuningSpec.hyperParameters: epochCount, learningRateMultiplier,
-learningRate, adapterSize (the rank: 1, 2, 4, 8 or 16), batchSize, earlyStoppingPatience. `examplesSeen=N` is the
+learningRate, adapterSize (the rank: 1, 2, 4, 8 or 16), batchSize, earlyStoppingPatience, and tunery's maxLength,
+loraAlpha, loraTargets (ALL_LINEAR, ATTENTION, MLP), learningRateSchedule (LINEAR, COSINE, CONSTANT). `examplesSeen=N` is the
 bench's own: epochCount = ceil(N / training examples), so one rule fits every task's size.
 
 Usage: python bench/quality_bench.py [--tasks classification,qa] [--base-model gemma-3-270m]
@@ -67,7 +68,9 @@ TASKS = {
     "chat": Task("generation", "chrf", ("chat_train.jsonl", "chat_val.jsonl", "chat_test.jsonl"), 64),
 }
 HYPERPARAMETERS = ("epochCount", "learningRateMultiplier", "learningRate", "adapterSize", "batchSize",
-                   "earlyStoppingPatience")  # what tunery's API reads (tunery/api/wire/tuning.py); it refuses others
+                   "earlyStoppingPatience", "maxLength", "loraAlpha", "loraTargets", "learningRateSchedule")
+# what tunery's API reads (tunery/api/wire/tuning.py); it refuses others. These two take enum names:
+ENUM_HYPERPARAMETERS = ("loraTargets", "learningRateSchedule")
 ADAPTER_SIZES = {1: "ADAPTER_SIZE_ONE", 2: "ADAPTER_SIZE_TWO", 4: "ADAPTER_SIZE_FOUR", 8: "ADAPTER_SIZE_EIGHT",
                  16: "ADAPTER_SIZE_SIXTEEN"}  # as names: a bare 4 is the old SDK's enum number for rank 16
 QA_SYSTEM = "Answer the question with a concise extract from the given context."
@@ -99,6 +102,9 @@ def parse_setting(text: str) -> Setting:
         if not eq or key not in (*HYPERPARAMETERS, "examplesSeen"):
             raise SystemExit(f"--setting {name}: expected key=value with key one of "
                              f"{', '.join(HYPERPARAMETERS)}, examplesSeen; found {item!r}")
+        if key in ENUM_HYPERPARAMETERS:  # the server checks the name
+            hp[key] = value
+            continue
         try:
             number = float(value)
         except ValueError:
@@ -108,7 +114,7 @@ def parse_setting(text: str) -> Setting:
                 raise SystemExit(f"--setting {name}: adapterSize must be one of 1, 2, 4, 8, 16, found {value}")
             hp[key] = ADAPTER_SIZES[int(number)]
         else:
-            whole = number.is_integer() and key not in ("learningRateMultiplier", "learningRate")
+            whole = number.is_integer() and key not in ("learningRateMultiplier", "learningRate", "loraAlpha")
             hp[key] = int(number) if whole else number
     return Setting(name, hp)
 

@@ -336,6 +336,13 @@ def test_continuous_tuning_from_a_tuned_model_checkpoint(server, home, tuned):
                      json={"preTunedModel": {"tunedModelName": tuned.tuned_model.model, "checkpointId": "9"},
                            "supervisedTuningSpec": {"trainingDatasetUri": str(home / "data" / "train.jsonl")}})
     assert bad.status_code == 400 and "preTunedModel.checkpointId: expected one of 1, 2" in bad.json()["error"]["message"]
+    other = httpx.post(f"{server.url}/v1beta1/projects/my-project/locations/us-central1/tuningJobs",
+                       json={"preTunedModel": {"tunedModelName": tuned.tuned_model.model},
+                             "supervisedTuningSpec": {"trainingDatasetUri": str(home / "data" / "train.jsonl"),
+                                                      "hyperParameters": {"loraTargets": "MLP"}}})
+    assert other.status_code == 400 and other.json()["error"]["message"] == (
+        "supervisedTuningSpec.hyperParameters.loraTargets: expected the pre-tuned model's all-linear (or nothing), "
+        "found mlp")
     assert store.get_job(done.name.rsplit("/", 1)[1]).state == "JOB_STATE_SUCCEEDED"
 
 

@@ -83,8 +83,17 @@ def create_body(home, **over) -> dict:
     ({"hyperParameters": {"earlyStoppingPatience": 2}}, "--early-stopping-patience: expected a validation dataset"),
     ({"hyperParameters": {"learningRateMultiplyer": 2}},  # misspelt: not silently the default
      "supervisedTuningSpec.hyperParameters.learningRateMultiplyer: unknown field; expected one of epochCount, "
-     "learningRateMultiplier, learningRate, adapterSize, batchSize, earlyStoppingPatience"),
-    ({"hyperParameters": {"maxLength": 256}}, "supervisedTuningSpec.hyperParameters.maxLength: unknown field"),
+     "learningRateMultiplier, learningRate, adapterSize, batchSize, earlyStoppingPatience, maxLength, loraAlpha, "
+     "loraTargets, learningRateSchedule"),
+    ({"hyperParameters": {"warmupSteps": 10}}, "supervisedTuningSpec.hyperParameters.warmupSteps: unknown field"),
+    ({"hyperParameters": {"maxLength": 4}},
+     "supervisedTuningSpec.hyperParameters.maxLength: expected a whole number from 8 to 131072, found 4"),
+    ({"hyperParameters": {"loraAlpha": 0}}, "supervisedTuningSpec.hyperParameters.loraAlpha: expected a number in (0, 1024]"),
+    ({"hyperParameters": {"loraTargets": "EMBEDDINGS"}},
+     "supervisedTuningSpec.hyperParameters.loraTargets: expected one of ALL_LINEAR, ATTENTION, MLP, found 'EMBEDDINGS'"),
+    ({"hyperParameters": {"loraTargets": 3}}, "supervisedTuningSpec.hyperParameters.loraTargets: expected a string"),
+    ({"hyperParameters": {"learningRateSchedule": "STEP"}},
+     "supervisedTuningSpec.hyperParameters.learningRateSchedule: expected one of LINEAR, COSINE, CONSTANT, found 'STEP'"),
     ({"hyperParameters": {"adapterSize": 8}},  # a number is the proto enum's (4 is ADAPTER_SIZE_SIXTEEN)
      "adapterSize: expected one of ADAPTER_SIZE_ONE, ADAPTER_SIZE_TWO, ADAPTER_SIZE_FOUR, ADAPTER_SIZE_EIGHT, "
      "ADAPTER_SIZE_SIXTEEN (or the enum's number: 1 for ADAPTER_SIZE_ONE, 6 for ADAPTER_SIZE_TWO, "

@@ -90,7 +90,10 @@ def test_settings_parse_to_the_rest_names():
     assert s.request(2000) == {"adapterSize": "ADAPTER_SIZE_EIGHT", "learningRateMultiplier": 2.0, "epochCount": 1}
     assert bench.parse_setting("ep3:epochCount=3,batchSize=4").request(10) == {"epochCount": 3, "batchSize": 4}
     assert bench.parse_setting("old").request(10) == {}
-    for bad in ("x:maxLength=256", "x:adapterSize=3", "x", "x:epochCount=two", "old:epochCount=1"):
+    assert bench.parse_setting("a:loraTargets=ATTENTION,loraAlpha=16,learningRateSchedule=COSINE,maxLength=256"
+                               ).request(10) == {"loraTargets": "ATTENTION", "loraAlpha": 16.0,
+                                                 "learningRateSchedule": "COSINE", "maxLength": 256}
+    for bad in ("x:warmupSteps=10", "x:maxLength=long", "x:adapterSize=3", "x", "x:epochCount=two", "old:epochCount=1"):
         with pytest.raises(SystemExit):
             bench.parse_setting(bad)
 

@@ -4,6 +4,7 @@ cadence follows Vertex, a killed run resumes to the same result, and failures ar
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -63,6 +64,15 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] == pytest.approx(1 / 38)
 
 
+def test_cosine_and_constant_schedules_after_the_same_warmup():
+    cos, flat = [_lr_at(s, 40, 1.0, "cosine") for s in range(40)], [_lr_at(s, 40, 1.0, "constant") for s in range(40)]
+    assert cos[:2] == flat[:2] == [0.5, 1.0] and flat[2:] == [1.0] * 38
+    assert cos[1 + 19] == pytest.approx(0.5, abs=0.05)  # halfway down the decay: half the peak (linear is too)
+    assert all(a >= b for a, b in zip(cos[1:], cos[2:])) and cos[-1] == pytest.approx(0.5 * (1 - math.cos(math.pi / 38)))
+    linear = [_lr_at(s, 40, 1.0) for s in range(40)]
+    assert cos[10] > linear[10] and cos[30] < linear[30]  # cosine stays high longer, then falls faster
+
+
 def test_batch_order_is_deterministic_complete_and_length_grouped():
     lengths = [(i * 37) % 100 for i in range(100)]
     a, b = batch_order(lengths, 8, seed=1, epoch=2), batch_order(lengths, 8, seed=1, epoch=2)
@@ -73,7 +83,8 @@ def test_batch_order_is_deterministic_complete_and_length_grouped():
 
 
 @pytest.mark.parametrize("bad", [dict(adapter_size=3), dict(epochs=0), dict(epochs=-1), dict(batch_size=0),
-                                 dict(learning_rate_multiplier=0), dict(max_length=2)])
+                                 dict(learning_rate_multiplier=0), dict(max_length=2), dict(lora_alpha=0),
+                                 dict(lora_alpha=2000), dict(lora_targets="embeddings"), dict(lr_schedule="step")])
 def test_invalid_hyperparameters_are_rejected_naming_the_flag(bad):
     with pytest.raises(ConfigError) as exc:
         TuningConfig(train="t.jsonl", output="out", **bad)
@@ -284,6 +295,28 @@ def test_a_run_learns_and_writes_vertex_artifacts(data, tmp_path, tiny_model_dir
         plain = base(input_ids=x).logits
         tuned = PeftModel.from_pretrained(base, str(out / "adapter"))(input_ids=x).logits
     assert not torch.allclose(plain, tuned)
+
+
+def test_lora_alpha_targets_and_schedule_reach_the_adapter_and_bind_a_continuation(data, tmp_path, tiny_model_dir):
+    from safetensors import safe_open
+
+    out = tmp_path / "run"
+    train(cfg(data, out, tiny_model_dir, epochs=1, lora_targets="attention", lora_alpha=3, lr_schedule="constant"))
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"} and adapter["lora_alpha"] == 3
+    with safe_open(out / "adapter" / "adapter_model.safetensors", "pt") as f:
+        layers = {key.split(".")[-3] for key in f.keys()}
+    assert layers == {"q_proj", "k_proj", "v_proj", "o_proj"}  # no adapter on the MLP
+    hp = json.loads((out / "run.json").read_text())["hyperparameters"]
+    assert (hp["lora_targets"], hp["lora_alpha"], hp["lr_schedule"]) == ("attention", 3, "constant")
+    lrs = [json.loads(line)["lr"] for line in (out / "trained.jsonl").read_text().splitlines()]
+    assert lrs == [5e-3] * 6  # 1 warmup step of 6 reaches the peak at once; constant after it
+    assert ck.adapter_settings(out / "adapter") == {"adapter_size": 4, "lora_alpha": 3, "lora_targets": "attention"}
+    with pytest.raises(ConfigError) as exc:  # continuing from it with another layout would load half an adapter
+        train(cfg(data, tmp_path / "next", tiny_model_dir, epochs=1, init_adapter=str(out / "adapter"), lora_alpha=3))
+    assert str(exc.value).startswith("--lora-targets: expected the pre-tuned adapter's attention, found all-linear")
+    train(cfg(data, tmp_path / "next2", tiny_model_dir, epochs=1, init_adapter=str(out / "adapter"), lora_alpha=3,
+              lora_targets="attention"))
 
 
 def test_twelve_epochs_keep_about_ten_checkpoints(data, tmp_path, tiny_model_dir):

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunery import models, procenv
-from tunery.config import BASE_LEARNING_RATE
+from tunery.config import BASE_LEARNING_RATE, LORA_TARGETS, LR_SCHEDULES
 from tunery.data.formats import WRITERS, Columns, parse
 from tunery.data.jsonl import read_records
 from tunery.data.validate import DEFAULT_MAX_ISSUES, Limits, Report, validate
@@ -234,6 +234,11 @@ def inspect_cmd(file, line_no, base_model, max_length, input_column, output_colu
 @click.option("--learning-rate-multiplier", type=float, default=1.0, show_default=True, help=f"Times the base LoRA learning rate ({BASE_LEARNING_RATE:g}).")
 @click.option("--learning-rate", type=float, help="Absolute peak learning rate (overrides the multiplier).")
 @click.option("--adapter-size", type=int, default=4, show_default=True, help="LoRA rank: 1, 2, 4, 8 or 16.")
+@click.option("--lora-alpha", type=float, help="LoRA alpha; the update is scaled by alpha / rank (default: 2 x rank).")
+@click.option("--lora-targets", type=click.Choice(list(LORA_TARGETS)), default="all-linear", show_default=True,
+              help="Linear layers that get adapters: all of the decoder's, or the attention or MLP block's only.")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="linear", show_default=True,
+              help="Learning rate after the warmup (5% of steps): linear or cosine decay to zero, or constant.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Examples per optimizer step.")
 @click.option("--max-length", type=int, help="Tokens per example (default: the base model's limit).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -244,8 +249,8 @@ def inspect_cmd(file, line_no, base_model, max_length, input_column, output_colu
 @click.option("--early-stopping-patience", type=int,
               help="Stop after this many validation passes in a row without a better loss (needs --validation).")
 def tune_cmd(local, train_file, validation, base_model, epochs, learning_rate_multiplier, learning_rate, adapter_size,
-             batch_size, max_length, seed, export_last_checkpoint_only, output, save_interval_seconds,
-             early_stopping_patience):
+             lora_alpha, lora_targets, lr_schedule, batch_size, max_length, seed, export_last_checkpoint_only, output,
+             save_interval_seconds, early_stopping_patience):
     """Tune a LoRA adapter on a dataset. Re-running the same command on the same --output resumes after a crash.
 
     Example: tunery tune --local --train train.jsonl --validation val.jsonl --epochs 3 --output runs/alerts
@@ -261,7 +266,8 @@ def tune_cmd(local, train_file, validation, base_model, epochs, learning_rate_mu
         os.execve(sys.executable, [sys.executable, "-m", "tunery.cli", *sys.argv[1:]], procenv.compute_env())
     cfg = TuningConfig(train=train_file, validation=validation, base_model=base_model, epochs=epochs,
                        learning_rate_multiplier=learning_rate_multiplier, learning_rate=learning_rate,
-                       adapter_size=adapter_size, batch_size=batch_size, max_length=max_length, seed=seed,
+                       adapter_size=adapter_size, lora_alpha=lora_alpha, lora_targets=lora_targets,
+                       lr_schedule=lr_schedule, batch_size=batch_size, max_length=max_length, seed=seed,
                        export_last_checkpoint_only=export_last_checkpoint_only, output=output,
                        save_interval_seconds=save_interval_seconds, early_stopping_patience=early_stopping_patience)
     progress = Progress(TextColumn("[bold]tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),

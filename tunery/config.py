@@ -64,6 +64,10 @@ ADAPTER_SIZES = (1, 2, 4, 8, 16)  # Vertex's ADAPTER_SIZE_ONE..SIXTEEN; the LoRA
 DEFAULT_ADAPTER_SIZE = 4  # Vertex's default
 BASE_LEARNING_RATE = 2e-3  # peak LR at learningRateMultiplier 1.0, chosen by bench/quality_bench.py (docs/training.md)
 DEFAULT_BATCH_SIZE = 8  # examples per optimizer step
+# Which linear layers get adapters: every one of the decoder, or only the attention block's or the MLP's.
+LORA_TARGETS = {"all-linear": "all-linear", "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                "mlp": ["gate_proj", "up_proj", "down_proj"]}
+LR_SCHEDULES = ("linear", "cosine", "constant")  # after the warmup: down to zero linearly or on a cosine, or flat
 MAX_EPOCHS = 100
 
 
@@ -84,7 +88,10 @@ class TuningConfig:
     epochs: int | None = None  # None: default_epochs(number of training examples)
     learning_rate_multiplier: float = 1.0  # times BASE_LEARNING_RATE
     learning_rate: float | None = None  # absolute peak LR; overrides the multiplier (Vertex's learningRate)
-    adapter_size: int = DEFAULT_ADAPTER_SIZE  # LoRA rank; alpha = 2 x rank
+    adapter_size: int = DEFAULT_ADAPTER_SIZE  # LoRA rank
+    lora_alpha: float | None = None  # LoRA alpha (the update is scaled by alpha / rank); None: 2 x rank
+    lora_targets: str = "all-linear"  # a key of LORA_TARGETS
+    lr_schedule: str = "linear"  # a LR_SCHEDULES entry, after the linear warmup
     batch_size: int = DEFAULT_BATCH_SIZE  # examples per optimizer step
     max_length: int | None = None  # tokens per example; None: the base model's limit
     seed: int = 0  # data order and LoRA initialisation
@@ -102,6 +109,12 @@ class TuningConfig:
             raise ConfigError("--learning-rate", f"expected a number in (0, 1), found {self.learning_rate}")
         if self.adapter_size not in ADAPTER_SIZES:
             raise ConfigError("--adapter-size", f"expected one of {', '.join(map(str, ADAPTER_SIZES))}, found {self.adapter_size}")
+        if self.lora_alpha is not None and not 0 < self.lora_alpha <= 1024:
+            raise ConfigError("--lora-alpha", f"expected a number in (0, 1024], found {self.lora_alpha}")
+        if self.lora_targets not in LORA_TARGETS:
+            raise ConfigError("--lora-targets", f"expected one of {', '.join(LORA_TARGETS)}, found {self.lora_targets!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError("--lr-schedule", f"expected one of {', '.join(LR_SCHEDULES)}, found {self.lr_schedule!r}")
         if not 1 <= self.batch_size <= 4096:
             raise ConfigError("--batch-size", f"expected a whole number from 1 to 4096, found {self.batch_size}")
         if self.max_length is not None and self.max_length < 8:
@@ -119,10 +132,17 @@ class TuningConfig:
     def peak_learning_rate(self) -> float:
         return self.learning_rate if self.learning_rate is not None else BASE_LEARNING_RATE * self.learning_rate_multiplier
 
+    @property
+    def alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else 2 * self.adapter_size
+
     def hyperparameters(self, epochs: int) -> dict:
         """What must match for a run directory to be resumed, and what manifests record."""
         return {"epochs": epochs, "learning_rate": self.peak_learning_rate, "learning_rate_multiplier": self.learning_rate_multiplier,
-                "adapter_size": self.adapter_size, "lora_alpha": 2 * self.adapter_size, "batch_size": self.batch_size,
+                "adapter_size": self.adapter_size, "lora_alpha": self.alpha, "batch_size": self.batch_size,
                 "max_length": self.max_length, "seed": self.seed, "export_last_checkpoint_only": self.export_last_checkpoint_only,
                 "init_adapter": self.init_adapter,
+                # recorded when not the default, so runs begun before these settings existed still resume
+                **({"lora_targets": self.lora_targets} if self.lora_targets != "all-linear" else {}),
+                **({"lr_schedule": self.lr_schedule} if self.lr_schedule != "linear" else {}),
                 **({"early_stopping_patience": self.early_stopping_patience} if self.early_stopping_patience else {})}

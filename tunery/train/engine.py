@@ -3,7 +3,8 @@
 Run directory (`--output`):
     run.json                what this run is (base model, template, datasets, hyperparameters; precision and threads,
                             measured once and kept on resume); resume checks it
-    trained.jsonl           append-only: one line per optimizer step trained, by every process that ran (never rewritten)
+    trained.jsonl           append-only: one line per optimizer step trained (its learning rate too), by every process
+                            that ran (never rewritten)
     metrics.jsonl, events/  Vertex metric names per step (JSON lines and TensorBoard)
     state-XXXXXXXX/         latest resume state (adapter, optimizer, RNG, step); crash-safe
     checkpoints/checkpoint-K/  exported PEFT adapters with manifest.json (Vertex cadence)
@@ -78,12 +79,18 @@ def _render_file(path: str, template: ChatTemplate, max_length: int) -> list[Ren
     return template.render_batch([ex for ex in examples if ex is not None], max_length)
 
 
-def _lr_at(step: int, total: int, peak: float) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then linear decay to zero."""
+def _lr_at(step: int, total: int, peak: float, schedule: str = "linear") -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then (by `schedule`) linear decay to zero,
+    cosine decay to zero, or constant."""
     warmup = max(1, round(WARMUP_FRACTION * total))
     if step < warmup:
         return peak * (step + 1) / warmup
-    return peak * max(0.0, (total - step) / max(1, total - warmup))
+    left = max(0.0, (total - step) / max(1, total - warmup))  # 1 right after the warmup, 1/(total - warmup) at the end
+    if schedule == "constant":
+        return peak
+    if schedule == "cosine":
+        return peak * 0.5 * (1 - math.cos(math.pi * left))
+    return peak * left
 
 
 def _forward(model, ids, labels, runtime: Runtime):
@@ -122,14 +129,20 @@ def evaluate(model, rows: list[Rendered], batch_size: int, pad_id: int, runtime:
     return {mt.EVAL_LOSS: loss_sum / max(n, 1), mt.EVAL_ACCURACY: correct / max(n, 1), mt.EVAL_PREDICTIONS: int(n)}
 
 
-def _attach_lora(model, rank: int, seed: int):
+def _attach_lora(model, rank: int, seed: int, alpha: float | None = None, targets: str = "all-linear"):
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from tunery.config import LORA_TARGETS
+
     torch.manual_seed(seed)  # LoRA A matrices are random; B starts at zero
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear",
-                        bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha, lora_dropout=0.0,
+                        target_modules=LORA_TARGETS[targets], bias="none", task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # PEFT: none of the named layers exists in this architecture
+        raise ConfigError("--lora-targets", f"{targets!r} names layers this base model does not have ({exc})",
+                          hint="use --lora-targets all-linear") from exc
 
 
 def _frozen_linear_weights_to(model, dtype) -> None:
@@ -141,14 +154,16 @@ def _frozen_linear_weights_to(model, dtype) -> None:
             base.weight.data = base.weight.data.to(dtype)
 
 
-def _load_adapter_weights(model, adapter_dir: Path, rank: int) -> None:
-    """Start from a tuned adapter (continuous tuning). Its rank must be the run's adapter size."""
+def _load_adapter_weights(model, adapter_dir: Path, cfg: TuningConfig) -> None:
+    """Start from a tuned adapter (continuous tuning). Its rank, alpha and target layers must be the run's."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    found = json.loads((adapter_dir / "adapter_config.json").read_text())["r"]
-    if found != rank:
-        raise ConfigError("--adapter-size", f"expected the pre-tuned adapter's size {found}, found {rank}")
+    found = ck.adapter_settings(adapter_dir)
+    for key, flag, ours in (("adapter_size", "--adapter-size", cfg.adapter_size), ("lora_alpha", "--lora-alpha", cfg.alpha),
+                            ("lora_targets", "--lora-targets", cfg.lora_targets)):
+        if found[key] != ours:
+            raise ConfigError(flag, f"expected the pre-tuned adapter's {found[key]}, found {ours}")
     set_peft_model_state_dict(model, load_file(adapter_dir / "adapter_model.safetensors"))
 
 
@@ -283,7 +298,7 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
     torch.set_num_threads(recorded["threads"])
     base = models.load_model_fresh(spec)
     attention.use_for_training(base)  # right-padded batches: causal attention without a mask, fastest kernel by length
-    model = _attach_lora(base, cfg.adapter_size, cfg.seed).to(runtime.device)
+    model = _attach_lora(base, cfg.adapter_size, cfg.seed, cfg.alpha, cfg.lora_targets).to(runtime.device)
     if runtime.autocast == "bfloat16":
         _frozen_linear_weights_to(model, torch.bfloat16)
         memory.share_linear_inputs(model, torch.bfloat16)
@@ -292,7 +307,7 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
     memory.recompute_gated_activation(model)
     lora.use_for_training(model)  # each LoRA linear one autograd node: no scaling multiply or extra add
     if cfg.init_adapter:
-        _load_adapter_weights(model, Path(cfg.init_adapter), cfg.adapter_size)
+        _load_adapter_weights(model, Path(cfg.init_adapter), cfg)
     recompute = memory.LayerRecompute(model)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -324,8 +339,9 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
             epoch, index = divmod(step, plan.steps_per_epoch)
             if order[0] != epoch:
                 order = (epoch, batch_order(lengths, cfg.batch_size, cfg.seed, epoch))
+            lr = _lr_at(step, total, cfg.peak_learning_rate, cfg.lr_schedule)
             for g in optimizer.param_groups:
-                g["lr"] = _lr_at(step, total, cfg.peak_learning_rate)
+                g["lr"] = lr
             rows = [plan.train_rows[i] for i in order[1][index]]
             last = _train_step(model, optimizer, trainable, rows, pad_id, runtime, dist, step, recompute)
             step += 1
@@ -341,7 +357,7 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
             if not dist.is_main:
                 continue
             log_.write(step, epoch_f, last)
-            trained.write(json.dumps({"step": step, "pid": os.getpid(), "resumed_from": resumed}) + "\n")
+            trained.write(json.dumps({"step": step, "lr": lr, "pid": os.getpid(), "resumed_from": resumed}) + "\n")
             trained.flush()
             crash("metrics")
             if step in plan.exports or (stop and not (checkpoints and checkpoints[-1]["step"] == step)):

@@ -20,6 +20,7 @@ from tunery.config import TuningConfig
 from tunery.data.validate import Limits, validate
 from tunery.jobs import child, states
 from tunery.jobs.store import Job
+from tunery.train import checkpoints as ck
 
 router = APIRouter()
 PLACE = "/projects/{project}/locations/{location}"
@@ -63,8 +64,11 @@ def _config(svc: Services, req: wire.CreateTuningJob, extra: dict) -> tuple[dict
         if ckpt and ckpt not in paths:
             raise ApiError(400, f"preTunedModel.checkpointId: expected one of {', '.join(paths)}, found {ckpt!r}")
         cfg["init_adapter"] = paths[ckpt] if ckpt else model.adapter_dir
-        rank = json.loads((Path(cfg["init_adapter"]) / "adapter_config.json").read_text())["r"]
-        cfg.setdefault("adapter_size", rank)
+        wire_names = {"adapter_size": "adapterSize", "lora_alpha": "loraAlpha", "lora_targets": "loraTargets"}
+        for key, value in ck.adapter_settings(Path(cfg["init_adapter"])).items():  # rank, alpha, targets: the adapter's
+            if cfg.setdefault(key, value) != value:
+                raise ApiError(400, f"supervisedTuningSpec.hyperParameters.{wire_names[key]}: expected the pre-tuned "
+                                    f"model's {value} (or nothing), found {cfg[key]}")
         resolved = models.resolve(model.base_model)  # the server's own record, not the request's
     else:
         resolved = models.resolve_allowed(req.base_model, svc.settings.allowed_roots)

@@ -94,7 +94,21 @@ def adapter_size(value: Any, field: str) -> int | None:
 
 # supervisedTuningSpec.hyperParameters fields: Vertex's SupervisedHyperParameters, and tunery's own last
 HYPERPARAMETERS = ("epochCount", "learningRateMultiplier", "learningRate", "adapterSize", "batchSize",
-                   "earlyStoppingPatience")
+                   "earlyStoppingPatience", "maxLength", "loraAlpha", "loraTargets", "learningRateSchedule")
+LORA_TARGETS = ("ALL_LINEAR", "ATTENTION", "MLP")  # tunery.config.LORA_TARGETS, as enum names
+LR_SCHEDULES = ("LINEAR", "COSINE", "CONSTANT")  # tunery.config.LR_SCHEDULES, as enum names
+MAX_LENGTH = 131_072  # tokens per example (the longest context tunery renders)
+
+
+def enum_field(value: Any, field: str, names: tuple[str, ...]) -> str | None:
+    """An enum given by name (either case; hyphens for underscores): the config's spelling, e.g. ALL_LINEAR ->
+    "all-linear"; None when absent."""
+    text = str_field(value, field, 64)
+    if text is None:
+        return None
+    if text.upper().replace("-", "_") not in names:
+        raise ApiError(400, f"{field}: expected one of {', '.join(names)}, found {text!r}")
+    return text.lower().replace("_", "-")
 
 
 def hyperparameters(spec: dict) -> dict:
@@ -112,7 +126,12 @@ def hyperparameters(spec: dict) -> dict:
            "learning_rate": float_field(get(hp, "learningRate"), f"{where}.learningRate", 0, 1),
            # tunery's own: stop after this many validation passes without a better loss (Vertex has no such field)
            "early_stopping_patience": int_field(get(hp, "earlyStoppingPatience"), f"{where}.earlyStoppingPatience",
-                                                1, 100)}
+                                                1, 100),
+           # tunery's own (docs/api.md): tokens per example, LoRA alpha and target layers, the decay after warmup
+           "max_length": int_field(get(hp, "maxLength"), f"{where}.maxLength", 8, MAX_LENGTH),
+           "lora_alpha": float_field(get(hp, "loraAlpha"), f"{where}.loraAlpha", 0, 1024),
+           "lora_targets": enum_field(get(hp, "loraTargets"), f"{where}.loraTargets", LORA_TARGETS),
+           "lr_schedule": enum_field(get(hp, "learningRateSchedule"), f"{where}.learningRateSchedule", LR_SCHEDULES)}
     mode = get(spec, "tuningMode")
     if mode not in (None, "TUNING_MODE_UNSPECIFIED", "TUNING_MODE_PEFT_ADAPTER"):
         raise ApiError(400, f"supervisedTuningSpec.tuningMode: expected TUNING_MODE_PEFT_ADAPTER, found {mode!r} "
