@@ -14,6 +14,8 @@ and score the tuned model. The baseline is the base model, scored in the same ru
 Scoring: greedy, float32, batched, in this process, on the adapter the job produced (the one its endpoint serves) and
 on the base model: the path `tunery compare` takes, whose scores do not depend on the batch. `--score endpoint`
 calls generateContent on the job's endpoint and the base model's name instead (the server's precision).
+Validation loss: of the checkpoint the job serves by default (its lowest), a row of the table; it separates settings
+whose test scores have saturated.
 Time: each job's wall time from create to SUCCEEDED, and its CPU time: the CPU the server's reaped children (the
 job's process tree) used meanwhile, read from /proc (Linux; elsewhere the wall time stands in).
 
@@ -185,6 +187,18 @@ def tune(client, server_pid: int, base_model: str, files: dict[str, Path], hp: d
     return out | {"endpoint": job["tunedModel"]["endpoint"]}
 
 
+def chosen_checkpoint(run_dir: Path) -> dict:
+    """The checkpoint the job serves by default (lowest validation loss) and its validation loss and token accuracy:
+    a finer signal than a test metric that has saturated, on data the scores never use."""
+    from tunery.train import metrics as mt
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    chosen = manifest["default_checkpoint"]
+    metrics = next(c["metrics"] for c in manifest["checkpoints"] if c["checkpointId"] == chosen["checkpointId"])
+    return {"checkpoint": {"id": chosen["checkpointId"], "step": chosen["step"],
+                           "val_loss": metrics.get(mt.EVAL_LOSS), "val_accuracy": metrics.get(mt.EVAL_ACCURACY)}}
+
+
 def score(name: str, test: Path, target, generator, limit: int | None) -> dict:
     """Greedy outputs on the test split and the task's metrics."""
     from tunery.eval import run as er
@@ -236,8 +250,9 @@ def run(url: str, home: Path, server_pid: int, tasks: list[str], settings: list[
                 row["settings"][s.name] = tuned
                 log(f"{name}: {s.name}: {tuned['job']} ended {tuned['state']}: {tuned['error']}")
                 continue
-            target = (er.Target(s.name, server=url, name=tuned["endpoint"]) if via_endpoint else
-                      er.resolve_target(str(home / "jobs" / tuned["job"].rsplit("/", 1)[-1] / "run")))
+            run_dir = home / "jobs" / tuned["job"].rsplit("/", 1)[-1] / "run"
+            tuned |= chosen_checkpoint(run_dir)
+            target = er.Target(s.name, server=url, name=tuned["endpoint"]) if via_endpoint else er.resolve_target(str(run_dir))
             row["settings"][s.name] = tuned | score(name, files["test"], target, generator, limit_test)
             save(results)
             log(f"{name}: {s.name} {row['metric']} {row['settings'][s.name]['metrics'][row['metric']]:.3f} "
@@ -284,6 +299,8 @@ def table(results: dict) -> str:
             cells = [_cell(row["settings"].get(n), metric) for n in names]
             lines.append(f"{name if i == 0 else '':15s} {metric:18s} {row['base']['n'] if i == 0 else '':>3} "
                          f"{_fmt(row['base']['metrics'][metric], metric):>8s}" + "".join(f" {c:>10s}" for c in cells))
+        losses = [_val_loss(row["settings"].get(n)) for n in names]
+        lines.append(f"{'':15s} {'val loss (chosen)':18s} {'':>3s} {'':>8s}" + "".join(f" {v:>10s}" for v in losses))
         mins = [_minutes(row["settings"].get(n)) for n in names]
         lines.append(f"{'':15s} {'job min CPU/wall':18s} {'':>3s} {'':>8s}" + "".join(f" {m:>10s}" for m in mins))
     return "\n".join(lines)
@@ -295,6 +312,11 @@ def _cell(s: dict | None, metric: str) -> str:
 
 def _fmt(value: float, metric: str) -> str:
     return f"{value:.1f}" if metric in ("bleu", "chrf") else f"{value:.3f}"  # sacrebleu's are 0-100, the rest 0-1
+
+
+def _val_loss(s: dict | None) -> str:
+    loss = ((s or {}).get("checkpoint") or {}).get("val_loss")
+    return "-" if loss is None else f"{loss:.4f}"
 
 
 def _minutes(s: dict | None) -> str:

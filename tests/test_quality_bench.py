@@ -19,6 +19,7 @@ from tests.helpers import tunery_home
 from tests.test_api import LiveServer
 from tunery.data.validate import validate
 from tunery.eval.run import load_items
+from tunery.train import metrics as mt
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data"
@@ -109,7 +110,12 @@ def test_bench_end_to_end_on_the_tiny_model(tmp_path_factory, tiny_model_dir):
         tuned = row["settings"]["r8"]
         adapter = home / "jobs" / tuned["job"].rsplit("/", 1)[-1] / "run" / "adapter" / "adapter_config.json"
         lora = json.loads(adapter.read_text())
+        manifest = json.loads((adapter.parents[1] / "manifest.json").read_text())
     assert (lora["r"], lora["lora_alpha"]) == (8, 16)
+    # the checkpoint the job serves, with its validation loss (the job evaluated it on the 4 validation examples)
+    chosen = next(c for c in manifest["checkpoints"] if c["checkpointId"] == manifest["default_checkpoint"]["checkpointId"])
+    assert tuned["checkpoint"] == {"id": chosen["checkpointId"], "step": 2, "val_loss": chosen["metrics"][mt.EVAL_LOSS],
+                                   "val_accuracy": chosen["metrics"][mt.EVAL_ACCURACY]}
     assert (row["metric"], row["secondary"], row["n_train"], row["base"]["n"]) == ("macro_f1", "accuracy", 16, 4)
     assert tuned["hyperParameters"] == {"adapterSize": "ADAPTER_SIZE_EIGHT", "epochCount": 1}
     assert (tuned["epochs"], tuned["steps"]) == (1, 2)  # 16 examples at batch 8
@@ -126,7 +132,8 @@ def test_bench_end_to_end_on_the_tiny_model(tmp_path_factory, tiny_model_dir):
     assert lines[2].split() == ["classification", "macro_f1", "4", f"{row['base']['metrics']['macro_f1']:.3f}",
                                 f"{tuned['metrics']['macro_f1']:.3f}"]
     assert lines[3].split()[0] == "accuracy"
-    assert lines[4].split() == ["job", "min", "CPU/wall", _minutes(tuned["job_cpu_s"], tuned["job_wall_s"])]
+    assert lines[4].split() == ["val", "loss", "(chosen)", f"{tuned['checkpoint']['val_loss']:.4f}"]
+    assert lines[5].split() == ["job", "min", "CPU/wall", _minutes(tuned["job_cpu_s"], tuned["job_wall_s"])]
 
     # runs merge into one table, settings side by side; the same setting from a later run wins
     later = json.loads(json.dumps(results))
@@ -142,8 +149,9 @@ def test_bench_end_to_end_on_the_tiny_model(tmp_path_factory, tiny_model_dir):
         bench.main(["--from-json", str(runs / "a.json"), str(runs / "b.json")])
     out = printed.getvalue().splitlines()
     assert out[1].split() == ["task", "metric", "n", "base", "r8", "old", "bad"]
-    assert out[2].split()[-1] == "failed" and out[4].split()[-2:] == [_minutes(tuned["job_cpu_s"], 60.0), "0.1/0.1"]
-    assert out[5].split() == ["qa", "f1", "4", "0.500", "-", "-", "-"]
+    assert out[2].split()[-1] == "failed" and out[5].split()[-2:] == [_minutes(tuned["job_cpu_s"], 60.0), "0.1/0.1"]
+    assert out[4].split()[-1] == "-"  # a failed job chose no checkpoint
+    assert out[6].split() == ["qa", "f1", "4", "0.500", "-", "-", "-"]
 
 
 def _minutes(cpu_s: float, wall_s: float) -> str:
