@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunery import models, procenv
-from tunery.config import BASE_LEARNING_RATE, LORA_TARGETS, LR_SCHEDULES
+from tunery.config import BASE_LEARNING_RATE, DEFAULT_ADAPTER_SIZE, DEFAULT_BATCH_SIZE, LORA_TARGETS, LR_SCHEDULES
 from tunery.data.formats import WRITERS, Columns, parse
 from tunery.data.jsonl import read_records
 from tunery.data.validate import DEFAULT_MAX_ISSUES, Limits, Report, validate
@@ -233,13 +233,13 @@ def inspect_cmd(file, line_no, base_model, max_length, input_column, output_colu
 @click.option("--epochs", type=int, help="Passes over the data (default: chosen from the dataset size).")
 @click.option("--learning-rate-multiplier", type=float, default=1.0, show_default=True, help=f"Times the base LoRA learning rate ({BASE_LEARNING_RATE:g}).")
 @click.option("--learning-rate", type=float, help="Absolute peak learning rate (overrides the multiplier).")
-@click.option("--adapter-size", type=int, default=4, show_default=True, help="LoRA rank: 1, 2, 4, 8 or 16.")
+@click.option("--adapter-size", type=int, default=DEFAULT_ADAPTER_SIZE, show_default=True, help="LoRA rank: 1, 2, 4, 8 or 16.")
 @click.option("--lora-alpha", type=float, help="LoRA alpha; the update is scaled by alpha / rank (default: 2 x rank).")
 @click.option("--lora-targets", type=click.Choice(list(LORA_TARGETS)), default="all-linear", show_default=True,
               help="Linear layers that get adapters: all of the decoder's, or the attention or MLP block's only.")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="linear", show_default=True,
               help="Learning rate after the warmup (5% of steps): linear or cosine decay to zero, or constant.")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Examples per optimizer step.")
+@click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True, help="Examples per optimizer step.")
 @click.option("--max-length", type=int, help="Tokens per example (default: the base model's limit).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--export-last-checkpoint-only", is_flag=True, help="Keep only the final checkpoint.")

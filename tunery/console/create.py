@@ -19,7 +19,7 @@ from tunery.api import datasets
 from tunery.api.wire import tuning as wire
 from tunery.api.errors import ApiError
 from tunery.api.routes import tuning
-from tunery.config import ADAPTER_SIZES, default_epochs, load_settings
+from tunery.config import ADAPTER_SIZES, DEFAULT_ADAPTER_SIZE, DEFAULT_BATCH_SIZE, default_epochs, load_settings
 from tunery.console.common import LOCATION, PROJECT, USER_ERRORS, csrf, message_of, page_errors, render, svc
 from tunery.data.validate import MAX_FILE_BYTES, Limits, validate
 from tunery.jobs import states
@@ -58,6 +58,7 @@ def base_choices() -> list[dict]:
 
 def _ctx(form: dict, **more) -> dict:
     return {"title": "Create tuning job", "form": form, "bases": base_choices(), "adapter_sizes": ADAPTER_SIZES,
+            "default_adapter_size": DEFAULT_ADAPTER_SIZE, "default_batch_size": DEFAULT_BATCH_SIZE,
             "size_names": wire.ADAPTER_SIZE_NAMES, "tasks": wire.EVAL_TASKS, "check": None, "error": None, **more}
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from tunery.api.wire.common import _snake, bool_field, float_field, get, int_field, object_field, str_field
 from tunery.api.wire import metadata
+from tunery.config import DEFAULT_ADAPTER_SIZE
 from tunery.jobs.store import Endpoint, Job, Model
 
 ADAPTER_SIZES = {"ADAPTER_SIZE_ONE": 1, "ADAPTER_SIZE_TWO": 2, "ADAPTER_SIZE_FOUR": 4, "ADAPTER_SIZE_EIGHT": 8,
@@ -202,7 +203,7 @@ def job_json(job: Job, model: Model | None, endpoints: list[Endpoint], evaluatio
     hp = dict(spec.get("hyperParameters") or {})
     if "epochs" in cfg and cfg["epochs"] is not None:
         hp["epochCount"] = str(cfg["epochs"])
-    hp["adapterSize"] = ADAPTER_SIZE_NAMES.get(cfg.get("adapter_size", 4), "ADAPTER_SIZE_FOUR")
+    hp["adapterSize"] = ADAPTER_SIZE_NAMES[cfg.get("adapter_size") or DEFAULT_ADAPTER_SIZE]
     hp.setdefault("learningRateMultiplier", cfg.get("learning_rate_multiplier", 1.0))
     spec["hyperParameters"] = hp
     out["supervisedTuningSpec"] = spec
