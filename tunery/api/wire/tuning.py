@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from tunery.api.wire.common import _snake, bool_field, float_field, get, int_field, object_field, str_field
 from tunery.api.wire import metadata
-from tunery.config import DEFAULT_ADAPTER_SIZE
+from tunery import config
 from tunery.jobs.store import Endpoint, Job, Model
 
 ADAPTER_SIZES = {"ADAPTER_SIZE_ONE": 1, "ADAPTER_SIZE_TWO": 2, "ADAPTER_SIZE_FOUR": 4, "ADAPTER_SIZE_EIGHT": 8,
@@ -96,8 +96,8 @@ def adapter_size(value: Any, field: str) -> int | None:
 # supervisedTuningSpec.hyperParameters fields: Vertex's SupervisedHyperParameters, and tunery's own last
 HYPERPARAMETERS = ("epochCount", "learningRateMultiplier", "learningRate", "adapterSize", "batchSize",
                    "earlyStoppingPatience", "maxLength", "loraAlpha", "loraTargets", "learningRateSchedule")
-LORA_TARGETS = ("ALL_LINEAR", "ATTENTION", "MLP")  # tunery.config.LORA_TARGETS, as enum names
-LR_SCHEDULES = ("LINEAR", "COSINE", "CONSTANT")  # tunery.config.LR_SCHEDULES, as enum names
+LORA_TARGETS = tuple(k.upper().replace("-", "_") for k in config.LORA_TARGETS)  # as enum names: ALL_LINEAR, ...
+LR_SCHEDULES = tuple(k.upper() for k in config.LR_SCHEDULES)  # LINEAR, COSINE, CONSTANT
 MAX_LENGTH = 131_072  # tokens per example (the longest context tunery renders)
 
 
@@ -203,7 +203,7 @@ def job_json(job: Job, model: Model | None, endpoints: list[Endpoint], evaluatio
     hp = dict(spec.get("hyperParameters") or {})
     if "epochs" in cfg and cfg["epochs"] is not None:
         hp["epochCount"] = str(cfg["epochs"])
-    hp["adapterSize"] = ADAPTER_SIZE_NAMES[cfg.get("adapter_size") or DEFAULT_ADAPTER_SIZE]
+    hp["adapterSize"] = ADAPTER_SIZE_NAMES[cfg.get("adapter_size") or config.DEFAULT_ADAPTER_SIZE]
     hp.setdefault("learningRateMultiplier", cfg.get("learning_rate_multiplier", 1.0))
     spec["hyperParameters"] = hp
     out["supervisedTuningSpec"] = spec
