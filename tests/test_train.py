@@ -319,6 +319,17 @@ def test_lora_alpha_targets_and_schedule_reach_the_adapter_and_bind_a_continuati
               lora_targets="attention"))
 
 
+def test_lora_targets_a_model_does_not_have_are_a_config_error():
+    class Other(torch.nn.Module):  # an architecture whose layers are not named q_proj, ..., down_proj
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+    with pytest.raises(ConfigError) as exc:
+        _attach_lora(Other(), 4, 0, targets="attention")
+    assert str(exc.value).startswith("--lora-targets: 'attention' names layers this base model does not have")
+
+
 def test_twelve_epochs_keep_about_ten_checkpoints(data, tmp_path, tiny_model_dir):
     small = write_jsonl(tmp_path / "four.jsonl", [json.loads(line) for line in data[0].read_text().splitlines()[:4]])
     result = train(cfg((small, data[1]), tmp_path / "run", tiny_model_dir, epochs=12, validation=None))
