@@ -168,6 +168,94 @@ def test_training_attention_with_softcap_equals_autograd_of_the_formula():
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("length", [attention.MATMUL_MAX_LENGTH - 3, attention.MATMUL_MAX_LENGTH + 5])
+@pytest.mark.parametrize("window", [None, 7])
+def test_packed_shared_prefix_attention_equals_each_row_attending_to_prefix_and_itself(length, window):
+    """One packed row [prefix, row 1, row 2, row 3] with tunery_shared=(5, 3) gives, for every position, what SDPA
+    gives on each row's own [prefix, row] sequence with a causal (and sliding-window) mask; the prefix's key and value
+    gradients are the sums over the rows. Both the matmul path and the fused path (above the crossover) run."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(3)
+    prefix, rows = 5, 3
+    total = prefix + rows * length
+    q = torch.randn(1, 4, total, 16, requires_grad=True)
+    k, v = (torch.randn(1, 2, total, 16, requires_grad=True) for _ in range(2))
+    out, _ = attention.causal_attention(SimpleNamespace(), q, k, v, None, scaling=0.25, sliding_window=window,
+                                        **{attention.SHARED: (prefix, rows)})
+    n = prefix + length
+    i = torch.arange(n)
+    allowed = (i[None, :] <= i[:, None]) & ((i[None, :] > i[:, None] - window) if window else True)
+    parts = []
+    for r in range(rows):
+        own = slice(prefix + r * length, prefix + (r + 1) * length)
+        qq, kk, vv = (torch.cat((x[:, :, :prefix], x[:, :, own]), dim=2) for x in (q, k, v))
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            qq, kk.repeat_interleave(2, 1), vv.repeat_interleave(2, 1), attn_mask=allowed, scale=0.25).transpose(1, 2)
+        parts += [ref[:, :prefix]] if r == 0 else []  # the prefix's own output, computed once
+        parts.append(ref[:, prefix:])
+    ref = torch.cat(parts, dim=1)
+    assert out.shape == (1, total, 4, 16)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    for g, r in zip(grads, torch.autograd.grad(ref.square().sum(), (q, k, v))):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_shared_prefix_is_the_common_start_that_predicts_nothing(monkeypatch):
+    """The prefix ends where the rows first differ, or before the first position whose next token is supervised in
+    any row; a single row, or too few tokens saved, shares nothing."""
+    from tunery.text import batching
+
+    ids = torch.tensor([[5, 6, 7, 8, 9, 1, 2, 2], [5, 6, 7, 8, 3, 3, 4, 2]])
+    labels = torch.full_like(ids, -100)
+    labels[:, 5:7] = ids[:, 5:7]
+    monkeypatch.setattr(batching, "SHARED_PREFIX_MIN_TOKENS", 1)
+    assert batching.shared_prefix(ids, labels) == 4  # position 4 differs
+    labels[1, 3] = 8  # row 2 is supervised on token 3, which position 2 predicts
+    assert batching.shared_prefix(ids, labels) == 2
+    assert batching.shared_prefix(ids[:1], labels[:1]) == 0
+    assert batching.shared_prefix(torch.tensor([[1, 5], [2, 5]]), torch.full((2, 2), -100)) == 0
+    monkeypatch.setattr(batching, "SHARED_PREFIX_MIN_TOKENS", 3)
+    assert batching.shared_prefix(ids, labels) == 0  # (2 - 1) rows x 2 tokens saved < 3
+
+
+def test_batch_with_a_shared_prefix_gives_the_same_loss_and_gradients_as_without(template, tiny_model_dir):
+    """_forward packs rows that start alike (here SmolLM2's default system prompt and a shared instruction) into one
+    row with the prefix once; loss, accuracy, count and every LoRA gradient equal the unshared batch's, in fp32."""
+    from tunery.data.schema import Example, Turn
+    from tunery.text.batching import shared_prefix
+    from tunery.train import lora
+
+    base = models.load_model_fresh(models.resolve(str(tiny_model_dir)))
+    attention.use_for_training(base)
+    model = _attach_lora(base, 4, 0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(std=0.1)  # B starts at zero; make every LoRA gradient count
+    lora.use_for_training(model)
+    ask = "Answer in one word. "
+    rendered = template.render_batch([Example((Turn("user", ask + q), Turn("model", a))) for q, a in
+                                      (("Sky?", "Blue"), ("Grass colour?", "Green"), ("2+2?", "Four"))])
+    ids, labels = collate(rendered, template.end_id)
+    first_difference = next(i for i in range(len(rendered[0].input_ids))
+                            if len({r.input_ids[i] for r in rendered}) > 1)
+    assert shared_prefix(ids, labels) == first_difference > 25  # the system turn and the instruction
+
+    def run(share):
+        loss, correct, n = _forward(model, ids, labels, CPU, share_prefix=share)
+        (loss / n).backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return loss.item(), correct, n, grads
+
+    whole, shared = run(False), run(True)
+    assert shared[0] == pytest.approx(whole[0], rel=1e-6) and shared[1:3] == whole[1:3]
+    assert shared[3].keys() == whole[3].keys() and len(whole[3]) == 2 * 7 * 2
+    for k in whole[3]:
+        torch.testing.assert_close(shared[3][k], whole[3][k], rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("softcap", [None, 3.0])
 def test_chunked_head_loss_equals_cross_entropy_of_full_logits_in_value_and_gradient(softcap):
     """linear_cross_entropy over more rows than one chunk (so the chunks' sums and the gradient's concatenation are

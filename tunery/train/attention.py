@@ -11,6 +11,12 @@ Registered with transformers' AttentionInterface as "tunery_causal". A model set
 (transformers builds none for custom implementations), which is right only for right-padded or unpadded
 batches: each real token sees only earlier positions, and the pads all come after it. Training and evaluation use
 it; generation (left padding) must not.
+
+Packed batches with a shared prefix (engine._forward): when every row begins with the same tokens (a system prompt,
+an instruction), the batch runs as one row [prefix, row 1, ..., row R], the rows padded to one length, and the
+decoder is called with `tunery_shared=(prefix length, R)` (transformers passes it down to this function). The prefix
+attends to itself; each row attends to the prefix's keys and values (broadcast over the rows, so autograd sums
+their gradients) and causally to itself. The prefix's tokens are computed once instead of R times.
 """
 
 from __future__ import annotations
@@ -21,37 +27,58 @@ import torch
 import torch.nn.functional as F
 
 NAME = "tunery_causal"
+SHARED = "tunery_shared"  # keyword argument of the decoder's forward: (prefix length, rows) (module docstring)
 MATMUL_MAX_LENGTH = 160  # measured crossover with the fused kernel (bench/attention_bench.py, docs/training.md)
 
 
 def causal_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                      softcap: float | None = None, sliding_window: int | None = None, **kwargs):
     """query (B, H, T, D), key/value (B, Hkv, T, D) -> ((B, T, H, D), None), as transformers' interface wants."""
-    length = query.shape[2]
-    if attention_mask is not None or key.shape[2] != length:  # not a training batch: transformers' own path
+    shared = kwargs.pop(SHARED, None)
+    if attention_mask is not None or key.shape[2] != query.shape[2]:  # not a training batch: transformers' own path
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       softcap=softcap, sliding_window=sliding_window, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    windowed = bool(sliding_window) and length > sliding_window
+    args = (scale, dropout, softcap, sliding_window)
+    if shared is None:
+        return _attend(query, key, value, *args), None
+    prefix, rows = shared
+
+    def split(x):  # (1, H, P + R*S, D) -> (1, H, P, D) and (R, H, S, D); torch.split's backward is one cat
+        head, rest = x.split((prefix, x.shape[2] - prefix), dim=2)
+        return head, rest[0].unflatten(1, (rows, -1)).transpose(0, 1)
+
+    (q0, q), (k0, k), (v0, v) = split(query), split(key), split(value)
+    head = _attend(q0, k0, v0, *args)
+    k, v = (torch.cat((x0.expand(rows, -1, -1, -1), x), dim=2) for x0, x in ((k0, k), (v0, v)))
+    rest = _attend(q, k, v, *args)
+    return torch.cat((head, rest.reshape(1, -1, *rest.shape[2:])), dim=1), None
+
+
+def _attend(query, key, value, scale: float, dropout: float, softcap: float | None, window: int | None):
+    """query (B, H, T, D) at the last T of key/value's K positions (B, Hkv, K, D), causal -> (B, T, H, D)."""
+    length, keys = query.shape[2], key.shape[2]
+    masked = keys != length or (bool(window) and length > window)
     if (length > MATMUL_MAX_LENGTH or dropout) and not softcap:  # the fused kernel (softcap: only ours has it)
         groups = query.shape[1] // key.shape[1]
         if groups > 1:
             key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
         out = F.scaled_dot_product_attention(
-            query, key, value, dropout_p=dropout, scale=scale, is_causal=not windowed,
-            attn_mask=~_blocked(length, sliding_window, query.device) if windowed else None)
-        return out.transpose(1, 2).contiguous(), None
-    out = _MatmulAttention.apply(query, key, value, scale, softcap, sliding_window)
-    return out.transpose(1, 2).contiguous(), None
+            query, key, value, dropout_p=dropout, scale=scale, is_causal=not masked,
+            attn_mask=~_blocked(length, keys, window, query.device) if masked else None)
+        return out.transpose(1, 2).contiguous()
+    out = _MatmulAttention.apply(query, key, value, scale, softcap, window)
+    return out.transpose(1, 2).contiguous()
 
 
 def _probs(q, k, scale: float, softcap: float | None, window: int | None, groups: int):
-    """fp32 softmax of the causal scores of q (N, G*T, D) against k (N, T, D), and tanh(scores / softcap) when the
-    model caps them (for the backward pass). Scaling and masking ride on the score matmul (baddbmm with an additive
-    0/-inf mask), and the softmax reads the compute dtype and writes fp32: no separate scale, mask or cast pass."""
-    bias = _bias(k.shape[1], window, groups, q.dtype, q.device)
+    """fp32 softmax of the causal scores of q (N, G*T, D) against k (N, K, D), K >= T (the last T keys are the
+    queries' own positions), and tanh(scores / softcap) when the model caps them (for the backward pass). Scaling
+    and masking ride on the score matmul (baddbmm with an additive 0/-inf mask), and the softmax reads the compute
+    dtype and writes fp32: no separate scale, mask or cast pass."""
+    bias = _bias(q.shape[1] // groups, k.shape[1], window, groups, q.dtype, q.device)
     if not softcap:
         scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale)
         return torch.softmax(scores, -1, dtype=torch.float32), None
@@ -71,15 +98,15 @@ class _MatmulAttention(torch.autograd.Function):
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
         ctx.dtypes = (query.dtype, key.dtype, value.dtype)
         b, h, t, d = query.shape
-        heads = key.shape[1]
+        heads, keys = key.shape[1], key.shape[2]
         groups = h // heads
         q = query.to(dtype).reshape(b * heads, groups * t, d)
-        key, value = key.to(dtype).reshape(b * heads, t, d), value.to(dtype).reshape(b * heads, t, d)
+        key, value = key.to(dtype).reshape(b * heads, keys, d), value.to(dtype).reshape(b * heads, keys, d)
         with torch.autocast(device, enabled=False):
             probs, _ = _probs(q, key, scale, softcap, window, groups)
             out = torch.bmm(probs.to(dtype), value).view(b, h, t, d)
         ctx.save_for_backward(q, key, value)
-        ctx.args = (scale, softcap, window, groups, (b, h, t, d), (b, heads, t, d))
+        ctx.args = (scale, softcap, window, groups, (b, h, t, d), (b, heads, keys, d))
         return out
 
     @staticmethod
@@ -106,20 +133,21 @@ class _MatmulAttention(torch.autograd.Function):
 # A few (length, window, ...) shapes at a time: a step's layers share one length, and length-grouped batches change it
 # every step, so an unbounded cache would keep one mask per length ever seen (tens of MB over all lengths).
 @functools.lru_cache(maxsize=8)
-def _blocked(length: int, window: int | None, device, groups: int = 1) -> torch.Tensor:
-    """(G*T, T) bool: True where position i must not see j (the future, and beyond a sliding window); the (T, T)
-    pattern repeated for each of G stacked query heads."""
-    i = torch.arange(length, device=device)
-    blocked = i[None, :] > i[:, None]
+def _blocked(length: int, keys: int, window: int | None, device, groups: int = 1) -> torch.Tensor:
+    """(G*T, K) bool: True where query i (at position K - T + i) must not see key j (the future, and beyond a sliding
+    window); the (T, K) pattern repeated for each of G stacked query heads."""
+    i = torch.arange(keys - length, keys, device=device)[:, None]
+    j = torch.arange(keys, device=device)[None, :]
+    blocked = j > i
     if window:
-        blocked |= i[None, :] <= i[:, None] - window
+        blocked |= j <= i - window
     return blocked.repeat(groups, 1)
 
 
 @functools.lru_cache(maxsize=8)
-def _bias(length: int, window: int | None, groups: int, dtype, device) -> torch.Tensor:
-    """(G*T, T) additive mask: 0 where position i may see j, -inf where _blocked says it must not."""
-    blocked = _blocked(length, window, device, groups)
+def _bias(length: int, keys: int, window: int | None, groups: int, dtype, device) -> torch.Tensor:
+    """(G*T, K) additive mask: 0 where query i may see key j, -inf where _blocked says it must not."""
+    blocked = _blocked(length, keys, window, device, groups)
     return torch.zeros(blocked.shape, dtype=dtype, device=device).masked_fill_(blocked, float("-inf"))
 
 

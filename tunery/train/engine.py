@@ -33,7 +33,7 @@ from tunery.data.jsonl import read_records
 from tunery.data.validate import Limits, validate
 from tunery.device import Runtime, pick
 from tunery.errors import ConfigError, TrainingError
-from tunery.text.batching import batch_order, collate
+from tunery.text.batching import batch_order, collate, shared_prefix
 from tunery.text.chat_template import ChatTemplate, Rendered
 from tunery.train import attention
 from tunery.train import checkpoints as ck
@@ -93,16 +93,33 @@ def _lr_at(step: int, total: int, peak: float, schedule: str = "linear") -> floa
     return peak * left
 
 
-def _forward(model, ids, labels, runtime: Runtime):
+def _forward(model, ids, labels, runtime: Runtime, recompute: memory.LayerRecompute | None = None,
+             share_prefix: bool = True):
     """Summed loss, correct predictions and count over the supervised positions only. Logits are computed
     just where a label exists (the vocabulary projection is a large share of a small model's compute), a chunk at a
-    time and never kept (tunery/train/loss.py)."""
+    time and never kept (tunery/train/loss.py). The tokens all rows begin with run once (attention.py); `recompute`
+    is sized for the tokens actually computed."""
     import torch
 
     base = model.get_base_model()
     ids, labels = ids.to(runtime.device), labels.to(runtime.device)
+    decoder = base.get_decoder()
+    shared = shared_prefix(ids, labels) if share_prefix else 0
+    if recompute is not None:
+        recompute.set_for(shared + ids[:, shared:].numel())
+    # right padding + causal: no mask needed. No KV cache either: transformers would otherwise copy every layer's
+    # keys and values into one (the config's use_cache) and keep them to the end of the forward pass.
     with runtime.autocast_context():
-        hidden = base.get_decoder()(input_ids=ids).last_hidden_state  # right padding + causal: no mask needed
+        if shared:  # one row: the prefix once, then each row's remainder (attention.py)
+            rows, width = ids.shape
+            packed = torch.cat((ids[0, :shared], ids[:, shared:].flatten()))[None]
+            positions = torch.cat((torch.arange(shared), torch.arange(shared, width).repeat(rows)))[None]
+            out = decoder(input_ids=packed, position_ids=positions.to(ids.device), use_cache=False,
+                          **{attention.SHARED: (shared, rows)})
+            hidden = out.last_hidden_state[0, shared:].view(rows, width - shared, -1)
+            labels = labels[:, shared:]
+        else:
+            hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     sel = targets != -100
     head = base.get_output_embeddings()
@@ -237,9 +254,7 @@ def _train_step(model, optimizer, trainable, rows: list[Rendered], pad_id: int, 
     mine = dist.shard(rows)
     if mine:
         ids, labels = collate(mine, pad_id)
-        if recompute is not None:
-            recompute.set_for(ids.numel())
-        loss_sum, correct, n = _forward(model, ids, labels, runtime)
+        loss_sum, correct, n = _forward(model, ids, labels, runtime, recompute)
     else:  # a short last batch can leave a rank with nothing
         loss_sum, correct, n = torch.zeros((), requires_grad=True), 0, 0
     total_sum, total_correct, total_n = dist.sum(loss_sum.item(), correct, n)
