@@ -5,7 +5,7 @@ Two datasets: the bundled alert summaries (about 130 tokens per example; the dem
 long examples of about 450 tokens made from them (four alerts and their summaries per example). Each run is its
 own process; its peak resident set (VmHWM) is read when the tuning ends.
 
-Usage: python bench/memory_bench.py [--examples 240] [--epochs 1]
+Usage: python bench/memory_bench.py [--examples 240] [--epochs 1] [--adapter-size N]
 """
 
 from __future__ import annotations
@@ -52,11 +52,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=240)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--adapter-size", type=int, default=None, help="LoRA rank (default: tunery's)")
     args = ap.parse_args()
 
     import torch
 
     from tunery import models
+    from tunery.config import DEFAULT_ADAPTER_SIZE
+
+    rank = args.adapter_size or DEFAULT_ADAPTER_SIZE
 
     spec = models.resolve(None)
     weights = sum(p.numel() for p in models.load_model(spec).parameters()) * torch.float32.itemsize
@@ -68,8 +72,9 @@ def main() -> None:
     lines = contents_train.read_text().splitlines()[:args.examples]
     contents_train.write_text("\n".join(lines) + "\n")
     long_train = _long(contents_train, tmp / "long.jsonl")
-    common = ["--epochs", str(args.epochs), "--batch-size", "8", "--max-length", "512", "--save-interval-seconds", "1e9"]
-    print(f"default model, fp32 weights {weights / 1e9:.2f} GB (baseline); batch 8, max length 512, "
+    common = ["--epochs", str(args.epochs), "--batch-size", "8", "--max-length", "512", "--save-interval-seconds", "1e9",
+              "--adapter-size", str(rank)]
+    print(f"default model, fp32 weights {weights / 1e9:.2f} GB (baseline); batch 8, max length 512, LoRA rank {rank}, "
           f"{args.epochs} epoch(s); cpus={os.cpu_count()}")
     for label, extra in ((f"alerts ({len(lines)} + validation)", ["--train", str(contents_train), "--validation", str(contents_val)]),
                          (f"long examples ({len(long_train.read_text().splitlines())}, ~450 tokens)", ["--train", str(long_train)])):

@@ -299,6 +299,26 @@ def test_only_lora_parameters_change(template, tiny_model_dir):
     assert any("lora_B" in k for k in changed)
 
 
+def test_recompute_budget_leaves_room_for_the_adapters_training_state(tiny_model_dir):
+    """The step's budget holds the adapter's fp32 weights, gradients and AdamW moments (16 bytes a trainable
+    parameter) before activations: a rank-16 adapter gets less room for activations than a rank-4 one, exactly its
+    extra state, so it recomputes layers at a token count where rank 4 recomputes none."""
+    from tunery.train import memory
+
+    budgets, params = {}, {}
+    for rank in (4, 16):
+        model = _attach_lora(models.load_model_fresh(models.resolve(str(tiny_model_dir))), rank, 0)
+        params[rank] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        budgets[rank] = memory.LayerRecompute(model)
+    assert params[16] == 4 * params[4] > 0
+    for rank, recompute in budgets.items():
+        assert recompute.budget == memory.STEP_BUDGET - 16 * params[rank]
+    per_token = budgets[4].per_token_layer * len(budgets[4].layers)  # every layer's activations for one token
+    tokens = (budgets[16].budget // per_token) + 1  # one token past what rank 16 keeps in full
+    assert tokens * per_token <= budgets[4].budget  # rank 4 still keeps it all
+    assert budgets[4].layers_to_recompute(tokens) == 0 < budgets[16].layers_to_recompute(tokens)
+
+
 @pytest.mark.parametrize("autocast", [None, "bfloat16"])
 def test_recomputed_layers_give_the_same_loss_and_gradients(template, tiny_model_dir, autocast):
     """memory.LayerRecompute: layers switched to recompute run their forward twice (once more in the backward pass)

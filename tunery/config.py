@@ -61,7 +61,7 @@ def load_settings(root: Path | None = None) -> Settings:
 # ---------------------------------------------------------------- tuning hyperparameters
 
 ADAPTER_SIZES = (1, 2, 4, 8, 16)  # Vertex's ADAPTER_SIZE_ONE..SIXTEEN; the LoRA rank
-DEFAULT_ADAPTER_SIZE = 4  # Vertex's default
+DEFAULT_ADAPTER_SIZE = 16  # the quality bench's best rank, within the 2 GB memory goal (docs/training.md)
 BASE_LEARNING_RATE = 2e-3  # peak LR at learningRateMultiplier 1.0, chosen by bench/quality_bench.py (docs/training.md)
 DEFAULT_BATCH_SIZE = 8  # examples per optimizer step
 # Which linear layers get adapters: every one of the decoder, or only the attention block's or the MLP's.

@@ -115,13 +115,15 @@ class _GatedProduct(torch.autograd.Function):
         return grad_gate, grad * a.detach(), None
 
 
-# Saved activations a training step may keep before it recomputes layers in the backward pass. SmolLM2-135M keeps
-# about 18 KB per token per layer (measured with saved_tensors_hooks; the estimate below says 21.5 KB). Under this
-# budget a batch of up to 1,247 tokens (8 x 155) recomputes nothing, so the alert summaries (at most 151 tokens per
-# example) are never slowed; batches of 8 x 450 tokens recompute 20 of 30 layers, which took their run from 3.39 to
-# 1.99 GB (goal: 2). 700 MiB gave 1.91 GB but recomputed 2 layers on the longest alert batches, and the training
-# bench measured 4% slower (docs/training.md).
-ACTIVATION_BUDGET = 768 * 2**20
+# What a training step may hold beyond the frozen model: the adapter's training state (its fp32 weights, their
+# gradients and AdamW's two moments, 16 bytes per trainable parameter) and the saved activations. Past it, layers are
+# recomputed in the backward pass. SmolLM2-135M keeps about 18 KB per token per layer (measured with
+# saved_tensors_hooks; the estimate below says 21.5 KB). At rank 4 (19.5 MB of state) the activations get 749 MiB:
+# a batch of up to 1,217 tokens recomputes nothing, and the alert summaries (at most 151 tokens per example, about
+# 1,000 tokens a batch once their shared prefix runs once) are never slowed. At rank 16 (78 MB of state) they get
+# 694 MiB, so a larger adapter does not raise the peak (docs/training.md).
+STEP_BUDGET = 768 * 2**20
+STATE_BYTES_PER_PARAMETER = 16  # fp32 weight, gradient, AdamW's exp_avg and exp_avg_sq
 
 
 class LayerRecompute:
@@ -141,7 +143,10 @@ class LayerRecompute:
         # bf16 bytes per token per layer: about 8 hidden-sized tensors (norm outputs, q/k/v, attention output,
         # residuals) and 4 intermediate-sized ones (gate, up, the product, its gradient's input)
         self.per_token_layer = 2 * (8 * config.hidden_size + 4 * config.intermediate_size)
-        self.budget = ACTIVATION_BUDGET if budget is None else budget
+        if budget is None:  # what the adapter's training state leaves of the step's budget
+            state = sum(p.numel() for p in model.parameters() if p.requires_grad) * STATE_BYTES_PER_PARAMETER
+            budget = STEP_BUDGET - state
+        self.budget = budget
         for layer in self.layers:
             layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
 
