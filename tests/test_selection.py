@@ -31,7 +31,7 @@ def data(tmp_path, monkeypatch):
 
 def _config(tmp_path, data, tiny_model_dir, **kw) -> TuningConfig:
     return TuningConfig(train=str(data[0]), validation=str(data[1]), base_model=str(tiny_model_dir), epochs=10,
-                        batch_size=4, learning_rate=2e-2, output=str(tmp_path / "run"), **kw)
+                        batch_size=4, learning_rate=2e-2, adapter_size=4, output=str(tmp_path / "run"), **kw)
 
 
 def test_the_default_checkpoint_has_the_lowest_validation_loss(tmp_path, data, tiny_model_dir):

@@ -26,7 +26,7 @@ def adapters(tmp_path_factory, tiny_model_dir):
     for name, word in (("a", "apple"), ("b", "banana")):
         data = write_jsonl(root / f"{name}.jsonl", [contents(("user", f"Say it {i}"), ("model", f"{word} {word}")) for i in range(16)])
         train(TuningConfig(train=str(data), base_model=str(tiny_model_dir), output=str(root / name), epochs=6,
-                           batch_size=4, learning_rate=3e-2))
+                           batch_size=4, learning_rate=3e-2, adapter_size=4))  # rank 4: what these figures were set for
         out.append(str(root / name / "adapter"))
     return out
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunery import models
+from tunery import config, models
 from tunery.config import TuningConfig, default_epochs
 from tunery.device import Runtime
 from tunery.errors import ConfigError, DatasetError, TrainingError
@@ -386,7 +386,8 @@ def test_a_run_learns_and_writes_vertex_artifacts(data, tmp_path, tiny_model_dir
     manifest = json.loads((ckpt / "manifest.json").read_text())
     for key in ("base_model", "chat_template", "tokenizer", "hyperparameters", "train", "step", "epoch", "metrics"):
         assert key in manifest, key
-    assert manifest["hyperparameters"]["adapter_size"] == 4 and manifest["hyperparameters"]["lora_alpha"] == 8
+    rank = config.DEFAULT_ADAPTER_SIZE  # the defaults, recorded
+    assert manifest["hyperparameters"]["adapter_size"] == rank and manifest["hyperparameters"]["lora_alpha"] == 2 * rank
     assert len(manifest["train"]["sha256"]) == 64 and manifest["chat_template"]["name"] == "chatml"
     run = json.loads((out / "manifest.json").read_text())
     assert run["steps"] == 24 and ck.is_complete(out / "adapter") and list((out / "events").iterdir())
@@ -419,7 +420,8 @@ def test_lora_alpha_targets_and_schedule_reach_the_adapter_and_bind_a_continuati
     assert (hp["lora_targets"], hp["lora_alpha"], hp["lr_schedule"]) == ("attention", 3, "constant")
     lrs = [json.loads(line)["lr"] for line in (out / "trained.jsonl").read_text().splitlines()]
     assert lrs == [5e-3] * 6  # 1 warmup step of 6 reaches the peak at once; constant after it
-    assert ck.adapter_settings(out / "adapter") == {"adapter_size": 4, "lora_alpha": 3, "lora_targets": "attention"}
+    assert ck.adapter_settings(out / "adapter") == {"adapter_size": config.DEFAULT_ADAPTER_SIZE, "lora_alpha": 3,
+                                                   "lora_targets": "attention"}
     with pytest.raises(ConfigError) as exc:  # continuing from it with another layout would load half an adapter
         train(cfg(data, tmp_path / "next", tiny_model_dir, epochs=1, init_adapter=str(out / "adapter"), lora_alpha=3))
     assert str(exc.value).startswith("--lora-targets: expected the pre-tuned adapter's attention, found all-linear")
