@@ -61,3 +61,47 @@ def test_gemma_tunes_and_generates_from_its_adapter(spec, tmp_path):
     prompt = Prompt((Turn("user", json.loads(line)["messages"][0]["content"]),))
     out = generate(tuned, template, [prompt], GenerationConfig(max_output_tokens=24), pick())[0]
     assert out.text.startswith("ALERT SUMMARY"), out.text
+
+
+@pytest.mark.slow
+def test_gemma_shared_prefix_batch_equals_the_whole_batch_with_a_sliding_window(spec):
+    """A batch that starts alike runs packed, its prefix once (engine._forward), on Gemma's real layers: loss and
+    every LoRA gradient equal the whole batch's in float32. The sliding window is cut to 8 tokens so that it binds
+    inside these short rows and across the prefix (Gemma 3's is 512)."""
+    import torch
+
+    from tunery.text.batching import collate, shared_prefix
+    from tunery.train import attention, lora
+    from tunery.train.engine import _attach_lora, _forward
+    from tunery.device import Runtime
+
+    template = models.load_template(spec)
+    base = models.load_model_fresh(spec)
+    base.config.sliding_window = 8
+    for layer in base.model.layers:
+        if layer.self_attn.sliding_window:
+            layer.self_attn.sliding_window = 8
+    attention.use_for_training(base)
+    model = _attach_lora(base, 4, 0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(std=0.02)
+    lora.use_for_training(model)
+    ask = "Reply with the colour only, in lower case, and nothing else. "
+    rows = template.render_batch([Example((Turn("user", ask + q), Turn("model", a)))
+                                  for q, a in (("Sky?", "blue"), ("Grass?", "green"), ("Snow?", "white"))])
+    ids, labels = collate(rows, template.end_id)
+    assert shared_prefix(ids, labels) > 8  # longer than the window
+
+    def run(share):
+        loss, correct, n = _forward(model, ids, labels, Runtime("cpu", None), share_prefix=share)
+        (loss / n).backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return loss.item(), correct, n, grads
+
+    whole, shared = run(False), run(True)
+    assert shared[0] == pytest.approx(whole[0], rel=1e-5) and shared[1:3] == whole[1:3]
+    assert shared[3].keys() == whole[3].keys() and shared[3]
+    for k in whole[3]:
+        torch.testing.assert_close(shared[3][k], whole[3][k], rtol=1e-4, atol=1e-6)
