@@ -341,8 +341,15 @@ def test_continuous_tuning_from_a_tuned_model_checkpoint(server, home, tuned):
                              "supervisedTuningSpec": {"trainingDatasetUri": str(home / "data" / "train.jsonl"),
                                                       "hyperParameters": {"loraTargets": "MLP"}}})
     assert other.status_code == 400 and other.json()["error"]["message"] == (
-        "supervisedTuningSpec.hyperParameters.loraTargets: expected the pre-tuned model's all-linear (or nothing), "
-        "found mlp")
+        "supervisedTuningSpec.hyperParameters.loraTargets: expected the pre-tuned model's ALL_LINEAR (or nothing), "
+        "found MLP")
+    rank = httpx.post(f"{server.url}/v1beta1/projects/my-project/locations/us-central1/tuningJobs",
+                      json={"preTunedModel": {"tunedModelName": tuned.tuned_model.model},
+                            "supervisedTuningSpec": {"trainingDatasetUri": str(home / "data" / "train.jsonl"),
+                                                     "hyperParameters": {"adapterSize": "ADAPTER_SIZE_EIGHT"}}})
+    assert rank.status_code == 400 and rank.json()["error"]["message"] == (
+        "supervisedTuningSpec.hyperParameters.adapterSize: expected the pre-tuned model's ADAPTER_SIZE_FOUR (or "
+        "nothing), found ADAPTER_SIZE_EIGHT")
     assert store.get_job(done.name.rsplit("/", 1)[1]).state == "JOB_STATE_SUCCEEDED"
 
 

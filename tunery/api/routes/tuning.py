@@ -64,11 +64,13 @@ def _config(svc: Services, req: wire.CreateTuningJob, extra: dict) -> tuple[dict
         if ckpt and ckpt not in paths:
             raise ApiError(400, f"preTunedModel.checkpointId: expected one of {', '.join(paths)}, found {ckpt!r}")
         cfg["init_adapter"] = paths[ckpt] if ckpt else model.adapter_dir
-        wire_names = {"adapter_size": "adapterSize", "lora_alpha": "loraAlpha", "lora_targets": "loraTargets"}
+        on_wire = {"adapter_size": ("adapterSize", wire.ADAPTER_SIZE_NAMES.get), "lora_alpha": ("loraAlpha", str),
+                   "lora_targets": ("loraTargets", wire.enum_name)}  # the field and its value as a request spells them
         for key, value in ck.adapter_settings(Path(cfg["init_adapter"])).items():  # rank, alpha, targets: the adapter's
             if cfg.setdefault(key, value) != value:
-                raise ApiError(400, f"supervisedTuningSpec.hyperParameters.{wire_names[key]}: expected the pre-tuned "
-                                    f"model's {value} (or nothing), found {cfg[key]}")
+                field, spell = on_wire[key]
+                raise ApiError(400, f"supervisedTuningSpec.hyperParameters.{field}: expected the pre-tuned model's "
+                                    f"{spell(value)} (or nothing), found {spell(cfg[key])}")
         resolved = models.resolve(model.base_model)  # the server's own record, not the request's
     else:
         resolved = models.resolve_allowed(req.base_model, svc.settings.allowed_roots)

@@ -96,9 +96,14 @@ def adapter_size(value: Any, field: str) -> int | None:
 # supervisedTuningSpec.hyperParameters fields: Vertex's SupervisedHyperParameters, and tunery's own last
 HYPERPARAMETERS = ("epochCount", "learningRateMultiplier", "learningRate", "adapterSize", "batchSize",
                    "earlyStoppingPatience", "maxLength", "loraAlpha", "loraTargets", "learningRateSchedule")
-LORA_TARGETS = tuple(k.upper().replace("-", "_") for k in config.LORA_TARGETS)  # as enum names: ALL_LINEAR, ...
+LORA_TARGETS = tuple(k.upper().replace("-", "_") for k in config.LORA_TARGETS)  # enum names: ALL_LINEAR, ...
 LR_SCHEDULES = tuple(k.upper() for k in config.LR_SCHEDULES)  # LINEAR, COSINE, CONSTANT
 MAX_LENGTH = 131_072  # tokens per example (the longest context tunery renders)
+
+
+def enum_name(value: str) -> str:
+    """The config's spelling as the wire's enum name: "all-linear" -> ALL_LINEAR."""
+    return value.upper().replace("-", "_")
 
 
 def enum_field(value: Any, field: str, names: tuple[str, ...]) -> str | None:
