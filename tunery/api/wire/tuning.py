@@ -96,8 +96,6 @@ def adapter_size(value: Any, field: str) -> int | None:
 # supervisedTuningSpec.hyperParameters fields: Vertex's SupervisedHyperParameters, and tunery's own last
 HYPERPARAMETERS = ("epochCount", "learningRateMultiplier", "learningRate", "adapterSize", "batchSize",
                    "earlyStoppingPatience", "maxLength", "loraAlpha", "loraTargets", "learningRateSchedule")
-LORA_TARGETS = tuple(k.upper().replace("-", "_") for k in config.LORA_TARGETS)  # enum names: ALL_LINEAR, ...
-LR_SCHEDULES = tuple(k.upper() for k in config.LR_SCHEDULES)  # LINEAR, COSINE, CONSTANT
 MAX_LENGTH = 131_072  # tokens per example (the longest context tunery renders)
 
 
@@ -106,13 +104,17 @@ def enum_name(value: str) -> str:
     return value.upper().replace("-", "_")
 
 
+LORA_TARGETS = tuple(map(enum_name, config.LORA_TARGETS))  # ALL_LINEAR, ATTENTION, MLP
+LR_SCHEDULES = tuple(map(enum_name, config.LR_SCHEDULES))  # LINEAR, COSINE, CONSTANT
+
+
 def enum_field(value: Any, field: str, names: tuple[str, ...]) -> str | None:
     """An enum given by name (either case; hyphens for underscores): the config's spelling, e.g. ALL_LINEAR ->
     "all-linear"; None when absent."""
     text = str_field(value, field, 64)
     if text is None:
         return None
-    if text.upper().replace("-", "_") not in names:
+    if enum_name(text) not in names:
         raise ApiError(400, f"{field}: expected one of {', '.join(names)}, found {text!r}")
     return text.lower().replace("_", "-")
 
