@@ -35,3 +35,31 @@ def tunery_home(home: Path, default_model: Path) -> Iterator[Path]:
             os.environ.pop("TUNERY_HOME", None)
         else:
             os.environ["TUNERY_HOME"] = old
+
+
+def training_model(spec, rank: int = 4, b_std: float = 0.1):
+    """A base model on tunery's training attention with a LoRA adapter whose B is random: B starts at zero, which
+    would leave every A gradient zero, so nonzero B makes each LoRA gradient count in a comparison."""
+    from tunery import models
+    from tunery.train import attention
+    from tunery.train.engine import _attach_lora
+
+    base = models.load_model_fresh(spec)
+    attention.use_for_training(base)
+    model = _attach_lora(base, rank, 0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(std=b_std)
+    return model
+
+
+def loss_and_grads(model, ids, labels, runtime, **kw) -> tuple[float, int, int, dict]:
+    """One forward and backward through the training forward (engine._forward): summed loss, correct, count, and
+    every parameter's gradient of the mean loss, with the gradients cleared after."""
+    from tunery.train.engine import _forward
+
+    loss, correct, n = _forward(model, ids, labels, runtime, **kw)
+    (loss / n).backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return loss.item(), correct, n, grads

@@ -70,22 +70,16 @@ def test_gemma_shared_prefix_batch_equals_the_whole_batch_with_a_sliding_window(
     inside these short rows and across the prefix (Gemma 3's is 512)."""
     import torch
 
-    from tunery.text.batching import collate, shared_prefix
-    from tunery.train import attention, lora
-    from tunery.train.engine import _attach_lora, _forward
+    from tests.helpers import loss_and_grads, training_model
     from tunery.device import Runtime
+    from tunery.text.batching import collate, shared_prefix
+    from tunery.train import lora
 
     template = models.load_template(spec)
-    base = models.load_model_fresh(spec)
-    base.config.sliding_window = 8
-    for layer in base.model.layers:
+    model = training_model(spec, b_std=0.02)
+    for layer in model.get_base_model().model.layers:
         if layer.self_attn.sliding_window:
             layer.self_attn.sliding_window = 8
-    attention.use_for_training(base)
-    model = _attach_lora(base, 4, 0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(std=0.02)
     lora.use_for_training(model)
     ask = "Reply with the colour only, in lower case, and nothing else. "
     rows = template.render_batch([Example((Turn("user", ask + q), Turn("model", a)))
@@ -93,14 +87,8 @@ def test_gemma_shared_prefix_batch_equals_the_whole_batch_with_a_sliding_window(
     ids, labels = collate(rows, template.end_id)
     assert shared_prefix(ids, labels) > 8  # longer than the window
 
-    def run(share):
-        loss, correct, n = _forward(model, ids, labels, Runtime("cpu", None), share_prefix=share)
-        (loss / n).backward()
-        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
-        model.zero_grad(set_to_none=True)
-        return loss.item(), correct, n, grads
-
-    whole, shared = run(False), run(True)
+    whole, shared = (loss_and_grads(model, ids, labels, Runtime("cpu", None), share_prefix=share)
+                     for share in (False, True))
     assert shared[0] == pytest.approx(whole[0], rel=1e-5) and shared[1:3] == whole[1:3]
     assert shared[3].keys() == whole[3].keys() and shared[3]
     for k in whole[3]:

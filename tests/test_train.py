@@ -25,7 +25,7 @@ from tunery.train import attention
 from tunery.train import checkpoints as ck
 from tunery.train import metrics as mt
 from tunery.train.engine import _attach_lora, _forward, _lr_at, train
-from tests.helpers import contents, write_jsonl
+from tests.helpers import contents, loss_and_grads, training_model, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = Runtime("cpu", None)
@@ -227,12 +227,7 @@ def test_batch_with_a_shared_prefix_gives_the_same_loss_and_gradients_as_without
     from tunery.text.batching import shared_prefix
     from tunery.train import lora
 
-    base = models.load_model_fresh(models.resolve(str(tiny_model_dir)))
-    attention.use_for_training(base)
-    model = _attach_lora(base, 4, 0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(std=0.1)  # B starts at zero; make every LoRA gradient count
+    model = training_model(models.resolve(str(tiny_model_dir)))
     lora.use_for_training(model)
     ask = "Answer in one word. "
     rendered = template.render_batch([Example((Turn("user", ask + q), Turn("model", a))) for q, a in
@@ -242,14 +237,7 @@ def test_batch_with_a_shared_prefix_gives_the_same_loss_and_gradients_as_without
                             if len({r.input_ids[i] for r in rendered}) > 1)
     assert shared_prefix(ids, labels) == first_difference > 25  # the system turn and the instruction
 
-    def run(share):
-        loss, correct, n = _forward(model, ids, labels, CPU, share_prefix=share)
-        (loss / n).backward()
-        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
-        model.zero_grad(set_to_none=True)
-        return loss.item(), correct, n, grads
-
-    whole, shared = run(False), run(True)
+    whole, shared = (loss_and_grads(model, ids, labels, CPU, share_prefix=share) for share in (False, True))
     assert shared[0] == pytest.approx(whole[0], rel=1e-6) and shared[1:3] == whole[1:3]
     assert shared[3].keys() == whole[3].keys() and len(whole[3]) == 2 * 7 * 2
     for k in whole[3]:
@@ -328,12 +316,7 @@ def test_recomputed_layers_give_the_same_loss_and_gradients(template, tiny_model
     from tunery.train import lora, memory
 
     runtime = Runtime("cpu", autocast)
-    base = models.load_model_fresh(models.resolve(str(tiny_model_dir)))
-    attention.use_for_training(base)
-    model = _attach_lora(base, 4, 0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(std=0.1)  # B starts at zero; make every LoRA gradient count
+    model = training_model(models.resolve(str(tiny_model_dir)))
     if autocast:
         memory.share_linear_inputs(model, torch.bfloat16)
     memory.recompute_gated_activation(model)
