@@ -13,6 +13,34 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TUNERY_HOME", str(REPO / ".cache" / "test-home"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+MACHINE_CORES = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else set()
+
+
+def _one_core_per_worker() -> None:
+    """`make test` runs as many pytest-xdist workers as there are cores: each worker, and every process it starts,
+    gets a core of its own (as `taskset` would), before torch is loaded. tunery sizes its thread pools from the
+    affinity mask (tunery/threads.py), so the two workers' torch processes no longer oversubscribe the cores and
+    wait at each other's barriers: the suite's CPU time fell by a fifth (docs/benchmarks.md, "make test")."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if MACHINE_CORES and worker.startswith("gw") and count and int(count) == len(MACHINE_CORES):
+        os.sched_setaffinity(0, {sorted(MACHINE_CORES)[int(worker[2:]) % len(MACHINE_CORES)]})
+
+
+_one_core_per_worker()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _all_cores_for_many_processes(request):
+    """A module marked `all_cores` (a Ray cluster; a server with three jobs and a chaos monkey) runs many processes
+    at once: they get every core back for that module (on one core the chaos test took 175 s instead of 114)."""
+    if request.node.get_closest_marker("all_cores") is None or not MACHINE_CORES:
+        yield
+        return
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, MACHINE_CORES)
+    yield
+    os.sched_setaffinity(0, mine)
+
 
 from tunery import models  # noqa: E402
 

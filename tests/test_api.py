@@ -136,6 +136,23 @@ def test_create_answers_pending_at_once_and_wire_fields(server, home):
     httpx.post(f"{server.url}/v1/{job['name']}:cancel")
 
 
+def test_the_defaults_are_stored_with_the_job_when_it_is_created(server, home):
+    """A job queued (or interrupted) before an upgrade that changes a default still runs, and resumes, with the
+    settings it was created under: the create resolves the adapter's and optimizer's defaults into the stored job."""
+    from tunery.config import DEFAULT_ADAPTER_SIZE, DEFAULT_BATCH_SIZE
+
+    body = {"baseModel": "gemini-2.0-flash-001",
+            "supervisedTuningSpec": {"trainingDatasetUri": str(home / "data" / "train.jsonl")}}
+    job = httpx.post(f"{server.url}/v1/projects/p/locations/l/tuningJobs", json=body).json()
+    try:
+        stored = server.services.store.get_job(job["name"].rsplit("/", 1)[1]).request["_config"]
+        assert {k: stored.get(k) for k in ("adapter_size", "lora_alpha", "lora_targets", "lr_schedule", "batch_size")} \
+            == {"adapter_size": DEFAULT_ADAPTER_SIZE, "lora_alpha": 2 * DEFAULT_ADAPTER_SIZE, "lora_targets": "all-linear",
+                "lr_schedule": "linear", "batch_size": DEFAULT_BATCH_SIZE}
+    finally:
+        httpx.post(f"{server.url}/v1/{job['name']}:cancel")
+
+
 @pytest.mark.parametrize("body, status, fragment", [
     ({"baseModel": "gemini-2.0-flash-001"}, 400, "supervisedTuningSpec.trainingDatasetUri: required"),
     ({"baseModel": "gemini-2.0-flash-001", "supervisedTuningSpec": {"trainingDatasetUri": "/etc/passwd"}}, 403,

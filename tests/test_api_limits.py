@@ -86,6 +86,8 @@ def create_body(home, **over) -> dict:
      "learningRateMultiplier, learningRate, adapterSize, batchSize, earlyStoppingPatience, maxLength, loraAlpha, "
      "loraTargets, learningRateSchedule"),
     ({"hyperParameters": {"warmupSteps": 10}}, "supervisedTuningSpec.hyperParameters.warmupSteps: unknown field"),
+    ({"hyperParameters": "fast"}, "supervisedTuningSpec.hyperParameters: expected an object, found str"),
+    ({"hyperParameters": []}, "supervisedTuningSpec.hyperParameters: expected an object, found list"),
     ({"hyperParameters": {"maxLength": 4}},
      "supervisedTuningSpec.hyperParameters.maxLength: expected a whole number from 8 to 131072, found 4"),
     ({"hyperParameters": {"loraAlpha": 0}}, "supervisedTuningSpec.hyperParameters.loraAlpha: expected a number in (0, 1024]"),
@@ -114,6 +116,9 @@ def test_create_body_that_is_not_an_object(server):
     ({"contents": [USER], "generationConfig": {"topP": {"x": 1}}}, "generationConfig.topP: expected a number"),
     ({"contents": [USER], "generationConfig": {"topP": "nan"}}, "generationConfig.topP: expected a number"),
     ({"contents": [USER], "generationConfig": "greedy"}, "generationConfig: expected an object, found str"),
+    ({"contents": [USER], "generationConfig": []}, "generationConfig: expected an object, found list"),
+    ({"contents": [USER], "generationConfig": False}, "generationConfig: expected an object, found bool"),
+    ({"contents": [USER], "generationConfig": {"stopSequences": ""}}, "generationConfig.stopSequences: expected at most 5"),
     ({"contents": [USER], "generationConfig": {"candidateCount": 9}}, "generationConfig.candidateCount: expected a whole number from 1 to 8"),
     ({"contents": [USER], "generationConfig": {"maxOutputTokens": True}}, "generationConfig.maxOutputTokens: expected a whole number"),
     ({"contents": [USER], "generationConfig": {"temperature": True}}, "generationConfig.temperature: expected a number"),

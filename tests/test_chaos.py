@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from tests.helpers import contents, write_jsonl
 from tests.test_api import _free_port
@@ -35,6 +36,7 @@ EXPORTS = {6 * k: k for k in range(1, EPOCHS + 1)}  # {step: checkpoint id}, one
 MIN_KILLS = 12  # 20 before make test ran under its 10-minute budget; the recorded 20-kill runs are in docs/reliability.md
 SERVER_KILL_CHANCE = 0.12  # per tuning process's fate: the server instead
 TERMINAL = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
+pytestmark = pytest.mark.all_cores
 
 
 class Server:

@@ -224,10 +224,21 @@ def test_random_json_as_a_create_request(world, body):
 @given(config=values, text=st.text(max_size=200))
 def test_random_generation_configs(world, config, text):
     _, client, ids, _ = world
+    if config is None:  # no config is the defaults, 256 tokens of the tiny model: test_a_null_generation_config_...
+        config = {}
     if isinstance(config, dict):  # unknown keys are ignored (the SDKs send fields tunery does not use): keep it short
         config = {"maxOutputTokens": 2, **config}
     send(client, "POST", f"/v1beta1/{P}/endpoints/{ids['endpoint_id']}:generateContent",
          json={"contents": [{"role": "user", "parts": [{"text": text}]}], "generationConfig": config})
+
+
+def test_a_null_generation_config_is_the_defaults(world):
+    _, client, ids, _ = world
+    r = client.post(f"/v1beta1/{P}/endpoints/{ids['endpoint_id']}:generateContent",
+                    json={"contents": [{"role": "user", "parts": [{"text": "q1"}]}], "generationConfig": None})
+    assert r.status_code == 200, r.text
+    finish, tokens = r.json()["candidates"][0]["finishReason"], r.json()["usageMetadata"]["candidatesTokenCount"]
+    assert (finish, tokens) == ("MAX_TOKENS", 256) or (finish == "STOP" and tokens < 256), (finish, tokens)
 
 
 @seed(SEED)

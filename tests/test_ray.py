@@ -25,6 +25,7 @@ from tunery.jobs.executors import ExecutorError
 from tunery.train import metrics as mt
 
 pytest.importorskip("ray.job_submission")
+pytestmark = pytest.mark.all_cores
 RAY_BIN = Path(sys.executable).parent / "ray"
 REST = "/v1beta1/projects/p/locations/l/tuningJobs"
 

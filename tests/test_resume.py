@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import contents, write_jsonl
+from tunery import threads
 from tunery.eval.report import read_curves
 from tunery.train import checkpoints as ck
 from tunery.train import metrics as mt
@@ -82,29 +83,24 @@ def test_kill_during_a_state_or_checkpoint_write_resumes_from_the_last_complete_
     assert [p.name for p in out.glob("state-*")] == [f"state-{STEPS:08d}"]
 
 
-def test_precision_and_threads_are_measured_once_and_kept_on_resume(data, tmp_path, tiny_model_dir):
+def test_a_resume_keeps_the_first_precision_and_threads_and_skips_a_torn_last_metrics_line(data, tmp_path,
+                                                                                          tiny_model_dir):
+    """One crash, two checks (each crash and resume costs two processes of the suite's time)."""
     out = tmp_path / "run"
-    assert tune(data, out, tiny_model_dir, crash_at="step 4", TUNERY_PRECISION="bfloat16").returncode == -9
+    assert tune(data, out, tiny_model_dir, crash_at="metrics 4", TUNERY_PRECISION="bfloat16").returncode == -9
     runtime = json.loads((out / "run.json").read_text())["runtime"]
-    assert runtime == {"device": "cpu", "precision": "bfloat16", "threads": os.cpu_count()}
-    again = tune(data, out, tiny_model_dir, TUNERY_PRECISION="float32")  # a fresh measurement would say float32
-    assert again.returncode == 0, again.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert (manifest["precision"], manifest["threads"]) == ("bfloat16", os.cpu_count())
-    assert json.loads((out / "run.json").read_text())["runtime"] == runtime
-
-
-def test_a_torn_last_metrics_line_is_skipped_by_readers_and_resume(data, tmp_path, tiny_model_dir):
-    out = tmp_path / "run"
-    assert tune(data, out, tiny_model_dir, crash_at="metrics 4").returncode == -9
+    assert runtime == {"device": "cpu", "precision": "bfloat16", "threads": threads.cores()}
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 5, "epoch": 0.83, "/train_tot')  # a kill in the middle of a write
     assert [r["step"] for r in mt.read_metrics(out)] == [1, 2, 3, 4]
     assert [s for s, _ in read_curves(out)[mt.TRAIN_LOSS]] == [1, 2, 3, 4]
-    again = tune(data, out, tiny_model_dir)
+    again = tune(data, out, tiny_model_dir, TUNERY_PRECISION="float32")  # a fresh measurement would say float32
     assert again.returncode == 0, again.stderr
     assert [r["step"] for r in mt.read_metrics(out)] == list(range(1, STEPS + 1))
     assert not (out / ".metrics.jsonl.tmp").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["precision"], manifest["threads"]) == ("bfloat16", threads.cores())
+    assert json.loads((out / "run.json").read_text())["runtime"] == runtime
 
 
 def test_a_torn_line_in_the_middle_is_an_error_not_silently_dropped(tmp_path):

@@ -255,15 +255,16 @@ def tune_cmd(local, train_file, validation, base_model, epochs, learning_rate_mu
 
     Example: tunery tune --local --train train.jsonl --validation val.jsonl --epochs 3 --output runs/alerts
     """
+    if not local:
+        raise TuneryError("tuning through a server is not available yet", hint="add --local to tune in this process")
+    if not procenv.has_compute_env():  # the allocator is chosen at process start: start again with it, before
+        # importing torch (2 s that the new process would pay again)
+        os.execve(sys.executable, [sys.executable, "-m", "tunery.cli", *sys.argv[1:]], procenv.compute_env())
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tunery.config import TuningConfig
     from tunery.train.engine import train
 
-    if not local:
-        raise TuneryError("tuning through a server is not available yet", hint="add --local to tune in this process")
-    if not procenv.has_compute_env():  # the allocator is chosen at process start: start again with it
-        os.execve(sys.executable, [sys.executable, "-m", "tunery.cli", *sys.argv[1:]], procenv.compute_env())
     cfg = TuningConfig(train=train_file, validation=validation, base_model=base_model, epochs=epochs,
                        learning_rate_multiplier=learning_rate_multiplier, learning_rate=learning_rate,
                        adapter_size=adapter_size, lora_alpha=lora_alpha, lora_targets=lora_targets,

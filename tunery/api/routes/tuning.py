@@ -75,7 +75,11 @@ def _config(svc: Services, req: wire.CreateTuningJob, extra: dict) -> tuple[dict
     else:
         resolved = models.resolve_allowed(req.base_model, svc.settings.allowed_roots)
     cfg["base_model"] = resolved.name
-    TuningConfig(**cfg, output="-")  # range checks, with the flag named
+    tc = TuningConfig(**cfg, output="-")  # range checks, with the flag named
+    # The adapter's and optimizer's defaults are resolved now and stored with the job: a job queued (or interrupted)
+    # before an upgrade that changes a default runs, and resumes, with the settings it was created under.
+    cfg |= {"adapter_size": tc.adapter_size, "lora_alpha": tc.alpha, "lora_targets": tc.lora_targets,
+            "lr_schedule": tc.lr_schedule, "batch_size": tc.batch_size}
     _validate_small(svc, cfg, resolved)
     return cfg, resolved.name
 

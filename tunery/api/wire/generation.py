@@ -74,7 +74,8 @@ def _config(gc: Any) -> tuple[GenerationConfig, int]:
     if not isinstance(gc, dict):
         raise ApiError(400, f"generationConfig: expected an object, found {type(gc).__name__}")
     where = "generationConfig"
-    stops = get(gc, "stopSequences") or []
+    stops = get(gc, "stopSequences")
+    stops = [] if stops is None else stops
     if not isinstance(stops, list) or len(stops) > 5 or not all(isinstance(s, str) for s in stops):
         raise ApiError(400, f"{where}.stopSequences: expected at most 5 strings, found {stops!r:.80}")
     temperature = get(gc, "temperature")
@@ -92,7 +93,8 @@ def parse_generate(body: Any) -> GenerateRequest:
     """A GenerateContentRequest: every field's type and range checked, errors naming the field."""
     if not isinstance(body, dict):
         raise ApiError(400, f"request body: expected a JSON object, found {type(body).__name__}")
-    config, n = _config(get(body, "generationConfig") or {})
+    gc = get(body, "generationConfig")  # null is unset (proto3 JSON); [], false, "" are not objects
+    config, n = _config({} if gc is None else gc)
     return GenerateRequest(_prompt(body), config, n)
 
 
