@@ -35,11 +35,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-# Two pytest workers, one test file each at a time (module fixtures stay in one process): many tests wait on
-# servers, jobs and browsers, so the two cores stay busy. A third worker, and the longest files first, measured no
-# faster (docs/benchmarks.md).
+# Two pytest workers, one test file each at a time (module fixtures stay in one process), each pinned to a core of
+# its own with every process it starts (tests/conftest.py), the longest files first (--no-loadscope-reorder keeps
+# conftest's order). Four workers, two per core, measured slower (docs/benchmarks.md).
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)
 	$(PY) bench/validate_bench.py --size-mb 200

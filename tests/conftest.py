@@ -17,16 +17,28 @@ MACHINE_CORES = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else
 
 
 def _one_core_per_worker() -> None:
-    """`make test` runs as many pytest-xdist workers as there are cores: each worker, and every process it starts,
-    gets a core of its own (as `taskset` would), before torch is loaded. tunery sizes its thread pools from the
+    """`make test` runs pytest-xdist workers in a multiple of the cores: each worker, and every process it starts,
+    gets one core (as `taskset` would), before torch is loaded. tunery sizes its thread pools from the
     affinity mask (tunery/threads.py), so the two workers' torch processes no longer oversubscribe the cores and
     wait at each other's barriers: the suite's CPU time fell by a fifth (docs/benchmarks.md, "make test")."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if MACHINE_CORES and worker.startswith("gw") and count and int(count) == len(MACHINE_CORES):
+    if MACHINE_CORES and worker.startswith("gw") and count and int(count) % len(MACHINE_CORES) == 0:
         os.sched_setaffinity(0, {sorted(MACHINE_CORES)[int(worker[2:]) % len(MACHINE_CORES)]})
 
 
 _one_core_per_worker()
+
+
+# The longest files first (per-file sums of `pytest --durations=0`, 2-core machine, 2026-11-22), the rest in name
+# order. The Makefile passes --no-loadscope-reorder, so xdist hands out files in this order instead of "most tests
+# first", which left the single-test files (the real-model test, the chaos run) for the end, alone on one core.
+LONGEST_FIRST = ["test_ray.py", "test_train_real.py", "test_examples.py", "test_resume.py", "test_chaos.py",
+                 "test_api.py", "test_jobs_worker.py", "test_train.py", "test_console.py", "test_vertex_sdk.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -297,6 +297,11 @@ def test_delete_a_model_after_a_confirmation_that_says_what_goes(page, server, h
     ({"train_path": ""}, "Training dataset: upload a file or give a path"),
     ({"eval_enabled": "1"}, "Evaluation: no evaluation dataset"),
     ({"eval_enabled": "1", "eval_task": "poetry", "validation_path": "val.jsonl"}, "Evaluation task: expected one of"),
+    ({"lora_alpha": "0"}, "LoRA alpha: expected a number in (0, 1024]"),
+    ({"lora_targets": "EMBEDDINGS"}, "LoRA targets: expected one of ALL_LINEAR, ATTENTION, MLP, found 'EMBEDDINGS'"),
+    ({"lr_schedule": "STEP"}, "Learning-rate schedule: expected one of LINEAR, COSINE, CONSTANT, found 'STEP'"),
+    ({"max_length": "4"}, "Max length: expected a whole number from 8 to 131072"),
+    ({"early_stopping": "2"}, "Early-stopping patience: expected a validation dataset"),
 ])
 def test_create_form_rejects_bad_input_in_words(page, server, home, fields, fragment):
     page.goto("/console/new")
@@ -309,6 +314,27 @@ def test_create_form_rejects_bad_input_in_words(page, server, home, fields, frag
     assert fragment in re.sub(r"<[^>]+>", "", r.text()).replace("&#39;", "'").replace("&amp;", "&"), r.text()[:3000]
     assert not [j for j in httpx.get(server + REST + "/tuningJobs").json().get("tuningJobs", [])
                 if j["state"] != "JOB_STATE_SUCCEEDED"]
+
+
+def test_the_advanced_settings_reach_the_job(page, server, home):
+    page.goto("/console/new")
+    page.click("#advanced summary")
+    page.fill("#lora_alpha", "8")
+    page.select_option("#lora_targets", "ATTENTION")
+    page.select_option("#lr_schedule", "COSINE")
+    page.fill("#max_length", "256")
+    page.fill("#early_stopping", "2")
+    page.fill("#train_path", str(home / "valid.jsonl"))
+    page.fill("#validation_path", str(home / "val.jsonl"))
+    page.fill("#epochs", "40")  # long enough to cancel before it ends
+    page.click("#create-job")
+    page.wait_for_url(re.compile(r"/console/jobs/\d+$"))
+    job = httpx.get(f"{server}{REST}/tuningJobs/{page.url.rsplit('/', 1)[1]}").json()
+    httpx.post(f"{server}/v1/{job['name']}:cancel")
+    hp = job["supervisedTuningSpec"]["hyperParameters"]
+    assert {k: hp[k] for k in ("loraAlpha", "loraTargets", "learningRateSchedule", "maxLength", "earlyStoppingPatience")} \
+        == {"loraAlpha": "8", "loraTargets": "ATTENTION", "learningRateSchedule": "COSINE", "maxLength": "256",
+            "earlyStoppingPatience": "2"}
 
 
 def test_other_forms_and_pages_reject_bad_input_in_words(page, server, home):

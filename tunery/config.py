@@ -64,6 +64,12 @@ ADAPTER_SIZES = (1, 2, 4, 8, 16)  # Vertex's ADAPTER_SIZE_ONE..SIXTEEN; the LoRA
 DEFAULT_ADAPTER_SIZE = 16  # the quality bench's best rank, within the 2 GB memory goal (docs/training.md)
 BASE_LEARNING_RATE = 2e-3  # peak LR at learningRateMultiplier 1.0, chosen by bench/quality_bench.py (docs/training.md)
 DEFAULT_BATCH_SIZE = 8  # examples per optimizer step
+
+
+def default_lora_alpha(rank: int) -> float:
+    """LoRA alpha when none is set: 2 x rank, an update scale of 2 (kept against alpha 16 by the bench: docs/training.md)."""
+    return 2 * rank
+
 # Which linear layers get adapters: every one of the decoder, or only the attention block's or the MLP's.
 LORA_TARGETS = {"all-linear": "all-linear", "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
                 "mlp": ["gate_proj", "up_proj", "down_proj"]}
@@ -134,7 +140,7 @@ class TuningConfig:
 
     @property
     def alpha(self) -> float:
-        return self.lora_alpha if self.lora_alpha is not None else 2 * self.adapter_size
+        return self.lora_alpha if self.lora_alpha is not None else default_lora_alpha(self.adapter_size)
 
     def hyperparameters(self, epochs: int) -> dict:
         """What must match for a run directory to be resumed, and what manifests record."""

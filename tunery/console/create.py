@@ -32,6 +32,12 @@ LABELS = {  # Vertex field paths in error messages, as the form calls them
     "supervisedTuningSpec.hyperParameters.learningRateMultiplier": "Learning-rate multiplier",
     "supervisedTuningSpec.hyperParameters.adapterSize": "Adapter size",
     "supervisedTuningSpec.hyperParameters.batchSize": "Batch size",
+    "supervisedTuningSpec.hyperParameters.loraAlpha": "LoRA alpha",
+    "supervisedTuningSpec.hyperParameters.loraTargets": "LoRA targets",
+    "supervisedTuningSpec.hyperParameters.learningRateSchedule": "Learning-rate schedule",
+    "supervisedTuningSpec.hyperParameters.maxLength": "Max length",
+    "supervisedTuningSpec.hyperParameters.earlyStoppingPatience": "Early-stopping patience",
+    "--early-stopping-patience": "Early-stopping patience",
     "supervisedTuningSpec.trainingDatasetUri": "Training dataset",
     "supervisedTuningSpec.validationDatasetUri": "Validation dataset",
     "supervisedTuningSpec.evaluationConfig.datasetUri": "Evaluation dataset",
@@ -41,7 +47,8 @@ LABELS = {  # Vertex field paths in error messages, as the form calls them
 }
 EMPTY_FORM = {"display_name": "", "description": "", "base_model": "gemini-2.0-flash-001", "train_path": "",
               "validation_path": "", "epochs": "", "lr_multiplier": "1.0", "adapter_size": "", "batch_size": "",
-              "workers": "", "export_last_only": "", "eval_enabled": "", "eval_path": "", "eval_task": ""}
+              "workers": "", "export_last_only": "", "eval_enabled": "", "eval_path": "", "eval_task": "",
+              "lora_alpha": "", "lora_targets": "", "lr_schedule": "", "max_length": "", "early_stopping": ""}
 
 
 def base_choices() -> list[dict]:
@@ -59,7 +66,8 @@ def base_choices() -> list[dict]:
 def _ctx(form: dict, **more) -> dict:
     return {"title": "Create tuning job", "form": form, "bases": base_choices(), "adapter_sizes": ADAPTER_SIZES,
             "default_adapter_size": DEFAULT_ADAPTER_SIZE, "default_batch_size": DEFAULT_BATCH_SIZE,
-            "size_names": wire.ADAPTER_SIZE_NAMES, "tasks": wire.EVAL_TASKS, "check": None, "error": None, **more}
+            "size_names": wire.ADAPTER_SIZE_NAMES, "tasks": wire.EVAL_TASKS, "lora_targets": wire.LORA_TARGETS,
+            "lr_schedules": wire.LR_SCHEDULES, "check": None, "error": None, **more}
 
 
 def _roots(request: Request) -> list[str]:
@@ -105,7 +113,9 @@ def _save(request: Request, upload: UploadFile | None) -> str | None:
 def _body(form: dict) -> dict:
     """The Vertex create request the form describes."""
     hp = {"epochCount": form["epochs"], "learningRateMultiplier": form["lr_multiplier"],
-          "adapterSize": form["adapter_size"], "batchSize": form["batch_size"]}
+          "adapterSize": form["adapter_size"], "batchSize": form["batch_size"], "loraAlpha": form["lora_alpha"],
+          "loraTargets": form["lora_targets"], "learningRateSchedule": form["lr_schedule"], "maxLength": form["max_length"],
+          "earlyStoppingPatience": form["early_stopping"]}
     spec: dict = {"trainingDatasetUri": form["train_path"], "hyperParameters": {k: v.strip() for k, v in hp.items() if v.strip()},
                   "exportLastCheckpointOnly": bool(form["export_last_only"])}
     if form["validation_path"]:
@@ -178,7 +188,9 @@ def new_submit(request: Request, csrf_token: str | None = Form(None, alias="csrf
                base_model: str = Form(""), train_path: str = Form(""), validation_path: str = Form(""),
                epochs: str = Form(""), lr_multiplier: str = Form(""), adapter_size: str = Form(""),
                batch_size: str = Form(""), workers: str = Form(""), export_last_only: str = Form(""), eval_enabled: str = Form(""),
-               eval_path: str = Form(""), eval_task: str = Form("")) -> Response:
+               eval_path: str = Form(""), eval_task: str = Form(""), lora_alpha: str = Form(""),
+               lora_targets: str = Form(""), lr_schedule: str = Form(""), max_length: str = Form(""),
+               early_stopping: str = Form("")) -> Response:
     form = {k: v.strip() for k, v in locals().items() if k in EMPTY_FORM}
     ctx = _ctx(form, roots=_roots(request), on_ray=_on_ray(request))
     try:

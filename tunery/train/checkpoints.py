@@ -204,9 +204,9 @@ def export_merged(adapter_dir: Path, out: Path) -> Path:
 
 def adapter_settings(adapter_dir: Path) -> dict:
     """TuningConfig fields a tuned adapter fixes for a run that continues from it: rank, alpha, target layers."""
-    from tunery.config import LORA_TARGETS
+    from tunery.config import LORA_TARGETS, default_lora_alpha
 
     found = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
     modules = set(found.get("target_modules") or [])
     targets = next((k for k, v in LORA_TARGETS.items() if isinstance(v, list) and set(v) == modules), "all-linear")
-    return {"adapter_size": found["r"], "lora_alpha": found.get("lora_alpha", 2 * found["r"]), "lora_targets": targets}
+    return {"adapter_size": found["r"], "lora_alpha": found.get("lora_alpha", default_lora_alpha(found["r"])), "lora_targets": targets}

@@ -150,10 +150,10 @@ def _attach_lora(model, rank: int, seed: int, alpha: float | None = None, target
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from tunery.config import LORA_TARGETS
+    from tunery.config import LORA_TARGETS, default_lora_alpha
 
     torch.manual_seed(seed)  # LoRA A matrices are random; B starts at zero
-    config = LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha, lora_dropout=0.0,
+    config = LoraConfig(r=rank, lora_alpha=default_lora_alpha(rank) if alpha is None else alpha, lora_dropout=0.0,
                         target_modules=LORA_TARGETS[targets], bias="none", task_type="CAUSAL_LM")
     try:
         return get_peft_model(model, config)
