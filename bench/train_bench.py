@@ -8,7 +8,10 @@ checkpointing on, loss on every token).
 Timed: the training loop only (TRL: trainer.train(); tunery: from its "start" event to "done").
 Tokens: the examples' rendered tokens (identical for both templates). FLOP/s: 4 x (decoder linear params +
 output projection) x tokens / time, which counts forward plus input-gradient backward and no weight gradients for
-frozen layers. It is compared with this CPU's measured bf16 matmul peak.
+frozen layers. It is compared with this device's measured bf16 matmul peak (MFU).
+
+On a CUDA machine both sides train on the GPU (tunery picks CUDA by itself; TRL gets use_cpu=False), and the peak is
+measured on the GPU, at the bench's matmul shape and at a large square one.
 
 Usage: python bench/train_bench.py [--examples 96] [--repeat 2]
 """
@@ -68,8 +71,11 @@ def run_trl(path: Path, out: Path, tuned: bool = False) -> float:
     else:
         ds = Dataset.from_list([{"messages": c} for c in convs])
     extra = {"gradient_checkpointing": False} if tuned else {}
+    import torch
+
     args = SFTConfig(output_dir=str(out), per_device_train_batch_size=BATCH, num_train_epochs=1, max_length=MAX_LEN,
-                     report_to="none", save_strategy="no", use_cpu=True, **extra)  # TRL asks for use_cpu on a CPU
+                     report_to="none", save_strategy="no", use_cpu=not torch.cuda.is_available(),  # TRL asks for it on a CPU
+                     **extra)
     trainer = SFTTrainer(model=str(models.model_dir(models.resolve(None))), args=args, train_dataset=ds,
                          peft_config=LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules="all-linear",
                                                 task_type="CAUSAL_LM"))
@@ -78,14 +84,32 @@ def run_trl(path: Path, out: Path, tuned: bool = False) -> float:
     return time.perf_counter() - t
 
 
+def _peak_gflops(dtype, n: int, k: int, m: int, device: str) -> float:
+    """Measured matmul GFLOP/s of [n, k] @ [k, m] in `dtype` on `device`: the median of 5 rounds."""
+    import torch
+
+    from tunery.device import _matmul_seconds
+
+    if device == "cpu":
+        return 2 * n * k * m * 20 / _matmul_seconds(dtype, n, k, m) / 1e9
+    a, b = torch.randn(n, k, dtype=dtype, device=device), torch.randn(k, m, dtype=dtype, device=device)
+    times = []
+    for _ in range(6):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(50):
+            a @ b
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return 2 * n * k * m * 50 / sorted(times[1:])[2] / 1e9
+
+
 def facts(path: Path) -> dict:
-    """Tokens of the examples, FLOPs per token, and the CPU's matmul peaks."""
+    """Tokens of the examples, FLOPs per token, and the device's matmul peaks."""
     import torch
 
     from tunery import models
     from tunery.data.formats import parse
-    from tunery.device import _matmul_seconds
-
     spec = models.resolve(None)
     template = models.load_template(spec)
     examples = [parse(json.loads(line), i)[0] for i, line in enumerate(path.read_text().splitlines(), 1)]
@@ -93,10 +117,12 @@ def facts(path: Path) -> dict:
     model = models.load_model(spec)
     linear = sum(m.weight.numel() for m in model.model.modules() if isinstance(m, torch.nn.Linear))
     head = model.lm_head.weight.numel()
-    n, k, m = 512, 576, 1536
-    peaks = {str(dt).split(".")[1]: 2 * n * k * m * 20 / _matmul_seconds(dt, n, k, m) / 1e9
-             for dt in (torch.float32, torch.bfloat16)}
-    return {"tokens": tokens, "flops_per_token": 4 * (linear + head), "peak_gflops": peaks}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    peaks = {str(dt).split(".")[1]: _peak_gflops(dt, 512, 576, 1536, device) for dt in (torch.float32, torch.bfloat16)}
+    if device == "cuda":  # the bench's shape is far too small to fill a GPU: also the peak at a large square shape
+        peaks["bfloat16_large"] = _peak_gflops(torch.bfloat16, 8192, 8192, 8192, device)
+    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {os.cpu_count()} cores"
+    return {"tokens": tokens, "flops_per_token": 4 * (linear + head), "peak_gflops": peaks, "device": name}
 
 
 def main() -> None:
@@ -127,7 +153,7 @@ def main() -> None:
                 sys.exit(f"{which} run failed:\n{proc.stderr[-3000:]}")
             times[which].append(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])
     print(f"{args.examples} examples, {info['tokens']:,} tokens, batch {BATCH}, LoRA rank {RANK}, max length {MAX_LEN}, "
-          f"1 epoch; cpus={os.cpu_count()}; runs per side: {args.repeat}")
+          f"1 epoch; cpus={os.cpu_count()}; device: {info['device']}; runs per side: {args.repeat}")
     rates = {}
     for which, label in (("trl", "TRL SFTTrainer, defaults (baseline)"), ("trl-tuned", "TRL SFTTrainer, tuned by hand"),
                          ("tunery", "tunery train()")):
@@ -140,8 +166,11 @@ def main() -> None:
     ours = info["flops_per_token"] * rates["tunery"] / 1e9
     print(f"speedup tunery / TRL: {rates['tunery'] / rates['trl']:.2f}x (goal >= 3x); "
           f"tunery / TRL tuned by hand: {rates['tunery'] / rates['trl-tuned']:.2f}x")
-    print(f"tunery achieved {ours:.0f} GFLOP/s = {ours / peak['bfloat16']:.0%} of this CPU's measured bf16 matmul peak "
+    print(f"tunery achieved {ours:.0f} GFLOP/s = {ours / peak['bfloat16']:.0%} of this device's measured bf16 matmul peak "
           f"({peak['bfloat16']:.0f} GFLOP/s; fp32 peak {peak['float32']:.0f})")
+    if "bfloat16_large" in peak:
+        print(f"MFU against the bf16 peak at 8192^3 ({peak['bfloat16_large']:.0f} GFLOP/s): "
+              f"{ours / peak['bfloat16_large']:.1%}")
 
 
 if __name__ == "__main__":
