@@ -4,13 +4,15 @@ the cores its running jobs leave. (The speed this buys is measured by bench/job_
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import psutil
 import torch
 
 from tests.test_api import LiveServer
 from tests.test_jobs_worker import create, home, wait  # noqa: F401  (home is a fixture)
-from tunery import threads
+from tunery import procenv, threads
 from tunery.serve.registry import Registry
 
 
@@ -20,6 +22,17 @@ def test_partition_arithmetic():
     assert threads.for_serving(0, n) == n  # no job: generation has the machine
     assert threads.for_serving(1, n) == 1  # a job holding every core still leaves generation one thread
     assert threads.for_serving(1, max(1, n // 2)) == max(1, n - max(1, n // 2))
+
+
+def test_a_training_process_starts_with_a_bounded_kernel_cache_and_knows_it():
+    """`tune --local` starts itself again when a setting read at process start is missing (tunery/cli.py)."""
+    env = procenv.compute_env({"PATH": "/usr/bin"})
+    assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256" and env["GOMP_SPINCOUNT"] == "10000"
+    assert procenv.compute_env({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"})["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    check = [sys.executable, "-c", "from tunery import procenv; print(procenv.has_compute_env())"]
+    without = {k: v for k, v in env.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    assert subprocess.run(check, env=without, capture_output=True, text=True).stdout.strip() == "False"
+    assert subprocess.run(check, env=env, capture_output=True, text=True).stdout.strip() == "True"
 
 
 def test_registry_sets_its_compute_threads_from_the_provider():
@@ -38,7 +51,7 @@ def test_a_running_job_gets_its_share_and_generation_the_rest(home):  # noqa: F8
         wait(server.url, job["name"], lambda j: j["state"] == "JOB_STATE_RUNNING" and worker.children)
         [child] = worker.children.values()
         env = psutil.Process(child.ref.pid).environ()
-        assert env["GOMP_SPINCOUNT"] == "10000"
+        assert env["GOMP_SPINCOUNT"] == "10000" and env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"
         assert env[threads.THREADS_ENV] == str(worker.threads_per_job) == str(threads.cores())
         assert worker.serving_threads() == threads.for_serving(1, worker.threads_per_job)
         assert server.services.registry.call(torch.get_num_threads) == worker.serving_threads()

@@ -8,6 +8,11 @@
   training step's pattern of large, short-lived tensors and kept 0.5 GB more resident at the step's peak; making glibc
   map and unmap each large block instead halved the step's speed. jemalloc gives the low peak for about 8% of the
   speed (bench/memory_bench.py, docs/benchmarks.md). It must be loaded before the process starts (LD_PRELOAD).
+- ONEDNN_PRIMITIVE_CACHE_CAPACITY=256: oneDNN keeps each bf16 matmul kernel it builds, one per shape, up to 1,024 by
+  default. A training batch's width sets the shapes, so a run of mixed lengths kept building new ones until the cache
+  was full: about 0.5 GB of resident memory over a 30-step run, the memory bench's whole margin under 2 GB. 256 holds
+  every shape of a step several times over; it took the memory bench's peak from 1.97 to 1.81 GB, and the training
+  bench measured the same speed (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 
 JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
 WAIT_POLICY = {"GOMP_SPINCOUNT": "10000"}
+KERNEL_CACHE = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256"}
 # freed pages go back to the system after 1 s (default 10 s); at 0 s every step faulted its memory in again and ran
 # at half speed
 JEMALLOC_CONF = "dirty_decay_ms:1000,muzzy_decay_ms:0"
@@ -25,7 +31,7 @@ JEMALLOC_CONF = "dirty_decay_ms:1000,muzzy_decay_ms:0"
 def compute_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """`base` (default: this process's environment) with the settings above added where not already set."""
     env = dict(os.environ if base is None else base)
-    for key, value in WAIT_POLICY.items():
+    for key, value in {**WAIT_POLICY, **KERNEL_CACHE}.items():
         env.setdefault(key, value)
     if JEMALLOC.is_file() and "jemalloc" not in env.get("LD_PRELOAD", ""):
         env["LD_PRELOAD"] = " ".join(filter(None, [str(JEMALLOC), env.get("LD_PRELOAD")]))
@@ -34,5 +40,7 @@ def compute_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def has_compute_env() -> bool:
-    """Whether this process started with compute_env()'s allocator (or none is installed)."""
-    return not JEMALLOC.is_file() or "jemalloc" in os.environ.get("LD_PRELOAD", "")
+    """Whether this process started with compute_env()'s settings: they are read once, at process start (the
+    allocator) or at the first matmul (the thread waits, the kernel cache)."""
+    settled = all(key in os.environ for key in {**WAIT_POLICY, **KERNEL_CACHE})
+    return settled and (not JEMALLOC.is_file() or "jemalloc" in os.environ.get("LD_PRELOAD", ""))

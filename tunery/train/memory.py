@@ -118,11 +118,12 @@ class _GatedProduct(torch.autograd.Function):
 # What a training step may hold beyond the frozen model: the adapter's training state (its fp32 weights, their
 # gradients and AdamW's two moments, 16 bytes per trainable parameter) and the saved activations. Past it, layers are
 # recomputed in the backward pass. SmolLM2-135M keeps about 18 KB per token per layer (measured with
-# saved_tensors_hooks; the estimate below says 21.5 KB). At rank 4 (19.5 MB of state) the activations get 749 MiB:
-# a batch of up to 1,217 tokens recomputes nothing, and the alert summaries (at most 151 tokens per example, about
-# 1,000 tokens a batch once their shared prefix runs once) are never slowed. At rank 16 (78 MB of state) they get
-# 694 MiB, so a larger adapter does not raise the peak (docs/training.md).
-STEP_BUDGET = 768 * 2**20
+# saved_tensors_hooks; the estimate below says 21.5 KB). At rank 4 (19.5 MB of state) the activations get 685 MiB:
+# a batch of up to 1,114 tokens recomputes nothing; at rank 16 (78 MB of state) they get 630 MiB, 1,023 tokens. The
+# alert summaries (at most 151 tokens per example, at most 998 tokens a batch once their shared prefix runs once)
+# are never slowed, and a larger adapter does not raise the peak. 704 MiB, not 768, leaves the memory bench's long
+# examples 0.1 GB under 2 GB for 5% more recomputed layers on them (docs/training.md).
+STEP_BUDGET = 704 * 2**20
 STATE_BYTES_PER_PARAMETER = 16  # fp32 weight, gradient, AdamW's exp_avg and exp_avg_sq
 
 
