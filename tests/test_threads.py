@@ -6,14 +6,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import psutil
+import pytest
 import torch
 
 from tests.test_api import LiveServer
-from tests.test_jobs_worker import create, home, wait  # noqa: F401  (home is a fixture)
+from tests.test_jobs_worker import create, get, home, wait  # noqa: F401  (home is a fixture)
 from tunery import procenv, threads
 from tunery.serve.registry import Registry
+
+pytestmark = pytest.mark.all_cores  # sharing cores needs more than the one core a test worker has
 
 
 def test_partition_arithmetic():
@@ -59,3 +63,44 @@ def test_a_running_job_gets_its_share_and_generation_the_rest(home):  # noqa: F8
         assert done["state"] == "JOB_STATE_SUCCEEDED", done.get("error")
     run = home / "jobs" / job["name"].rsplit("/", 1)[1] / "run"
     assert json.loads((run / "run.json").read_text())["runtime"]["threads"] == threads.cores()
+
+
+def _trained(run) -> list[dict]:
+    path = run / "trained.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_generation_beside_a_job_takes_a_share_of_its_threads_and_gives_it_back(home):  # noqa: F811
+    if threads.cores() < 2:
+        pytest.skip("sharing needs at least two cores")
+    lines = (home / "train.jsonl").read_text().splitlines()
+    (home / "train.jsonl").write_text("\n".join(lines * 10) + "\n")  # enough steps to see both phases
+    with LiveServer(home) as server:
+        worker, registry = server.services.worker, server.services.registry
+        full, shared = worker.threads_per_job, threads.while_serving(1, worker.threads_per_job)
+        assert shared < full
+        job = create(server.url, home, epochs=10)
+        wait(server.url, job["name"], lambda j: j["state"] == "JOB_STATE_RUNNING" and worker.children)
+        job_dir = home / "jobs" / job["name"].rsplit("/", 1)[1]
+        run, share = job_dir / "run", job_dir / threads.SHARE_FILE
+        assert share.read_text() == f"{full}\n"  # nothing generating: the job has its whole share
+        deadline = time.monotonic() + 120
+        while not _trained(run):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert registry.call(torch.get_num_threads) == threads.cores() - shared  # generation gets what it leaves
+        assert share.read_text() == f"{shared}\n"
+        while not any(r["threads"] == shared for r in _trained(run)):  # generating until a step ran with fewer
+            registry.call(torch.get_num_threads)
+            assert time.monotonic() < deadline, _trained(run)[-3:]
+            time.sleep(0.05)
+        time.sleep(threads.SERVING_HOLD_SECONDS + 4 * worker.poll_seconds)  # generation idle: the threads go back
+        assert share.read_text() == f"{full}\n"
+        n = len(_trained(run))
+        while len(_trained(run)) <= n + 1:
+            assert time.monotonic() < deadline and get(server.url, job["name"])["state"] == "JOB_STATE_RUNNING"
+            time.sleep(0.05)
+    records = _trained(run)
+    first_shared = next(i for i, r in enumerate(records) if r["threads"] == shared)
+    assert records[0]["threads"] == full and records[-1]["threads"] == full
+    assert {r["threads"] for r in records[first_shared:]} == {full, shared}

@@ -52,6 +52,9 @@ class Worker:
     _held: set[str] = field(default_factory=set)  # jobs waiting for an old process to let go (logged once)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _serving_until: float = 0.0  # generation counts as running until then (tunery/threads.py)
+    _sharing: bool = False  # whether the local jobs have been told to give threads to generation
+    _share_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         if self.executor is None:
@@ -65,9 +68,41 @@ class Worker:
 
     def serving_threads(self) -> int:
         """Threads the server's generation may use now: the cores its running local jobs leave (at least one).
-        Ray places its jobs by its own CPU accounting, so they are not counted here."""
+        The server calls this before and after each piece of model work, so it also marks generation as running:
+        the local jobs are told to give it a fair share of the cores until it has been idle a moment
+        (tunery/threads.py). Ray places its jobs by its own CPU accounting, so they are not counted here."""
         local = len(self.children) if self.executor.name == "local" else 0
-        return threads.for_serving(local, self.threads_per_job)
+        if not local:
+            return threads.for_serving(0, self.threads_per_job)
+        with self._share_lock:
+            self._serving_until = time.monotonic() + threads.SERVING_HOLD_SECONDS
+            if not self._sharing:
+                self._sharing = True
+                self._offer_all()
+        return threads.for_serving(local, self._job_threads())
+
+    def _job_threads(self, local: int | None = None) -> int:
+        """Each of `local` (default: the running) local jobs' threads now: all of its share, or less while generation
+        runs beside them."""
+        local = len(self.children) if local is None else local
+        return threads.while_serving(local, self.threads_per_job) if self._sharing else self.threads_per_job
+
+    def _offer_all(self) -> None:
+        if self.executor.name != "local":
+            return
+        n = self._job_threads()
+        for handle in list(self.children.values()):
+            try:
+                threads.offer(handle.run_dir / threads.SHARE_FILE, n)
+            except OSError as exc:  # a job whose directory went away is about to be reaped
+                log.warning("could not tell a job its threads: %s", exc)
+
+    def _share_back(self) -> None:
+        """Give the jobs their threads back once generation has been idle for SERVING_HOLD_SECONDS."""
+        with self._share_lock:
+            if self._sharing and time.monotonic() > self._serving_until:
+                self._sharing = False
+                self._offer_all()
 
     def start(self) -> None:
         self.recover()
@@ -122,6 +157,7 @@ class Worker:
         self._reap()
         self._cancel()
         self._start_queued()
+        self._share_back()
 
     # ---------------------------------------------------------------- steps of a tick
 
@@ -204,6 +240,9 @@ class Worker:
             write_json(run_dir / JOB_FILE, {"job": job.name, "config": job.request["_config"],
                                             "evaluation": job.request.get("_evaluation"),
                                             "workers": job.request.get("_workers", 1)})
+            if self.executor.name == "local":  # its threads from its first step: fewer while generation runs
+                with self._share_lock:
+                    threads.offer(run_dir / threads.SHARE_FILE, self._job_threads(len(self.children) + 1))
             handle = self.executor.start(job, run_dir)
         except (OSError, ExecutorError) as exc:
             log.error("job %s: could not start its tuning process: %s", job.id, exc)
@@ -211,6 +250,9 @@ class Worker:
                 "code": 13, "message": f"could not start the tuning process: {exc}"})
             return
         self.children[job.id] = handle
+        with self._share_lock:
+            if self._sharing:  # one more job: the others' share may shrink
+                self._offer_all()
         log.info("job %s started on %s (%s, attempt %d)", job.id, self.executor.name, handle.extra, job.attempts)
 
 

@@ -92,7 +92,11 @@ class Registry:
 
             torch.set_num_threads(n)  # this thread's OpenMP team: all model work runs here
             self._threads_set = n
-        return fn(*args)
+        try:
+            return fn(*args)
+        finally:
+            if self._threads is not None:
+                self._threads()  # work just ended: the provider's jobs leave generation its share a moment longer
 
     @property
     def runtime(self) -> Runtime:

@@ -311,6 +311,7 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
     recorded = json.loads((out / ck.RUN_FILE).read_text())["runtime"]  # measured when the run began, kept on resume
     runtime = Runtime(recorded["device"], None if recorded["precision"] == "float32" else recorded["precision"])
     torch.set_num_threads(recorded["threads"])
+    allowance = threads.Allowance(recorded["threads"])
     base = models.load_model_fresh(spec)
     attention.use_for_training(base)  # right-padded batches: causal attention without a mask, fastest kernel by length
     model = _attach_lora(base, cfg.adapter_size, cfg.seed, cfg.alpha, cfg.lora_targets).to(runtime.device)
@@ -357,6 +358,8 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
             lr = _lr_at(step, total, cfg.peak_learning_rate, cfg.lr_schedule)
             for g in optimizer.param_groups:
                 g["lr"] = lr
+            if (n := allowance.poll()) != torch.get_num_threads():  # fewer while the server generates beside us
+                torch.set_num_threads(n)
             rows = [plan.train_rows[i] for i in order[1][index]]
             last = _train_step(model, optimizer, trainable, rows, pad_id, runtime, dist, step, recompute)
             step += 1
@@ -372,7 +375,8 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
             if not dist.is_main:
                 continue
             log_.write(step, epoch_f, last)
-            trained.write(json.dumps({"step": step, "lr": lr, "pid": os.getpid(), "resumed_from": resumed}) + "\n")
+            trained.write(json.dumps({"step": step, "lr": lr, "pid": os.getpid(), "resumed_from": resumed,
+                                      "threads": n}) + "\n")
             trained.flush()
             crash("metrics")
             if step in plan.exports or (stop and not (checkpoints and checkpoints[-1]["step"] == step)):

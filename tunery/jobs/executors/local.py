@@ -29,6 +29,7 @@ class LocalExecutor:
             proc = subprocess.Popen([self.python, "-m", "tunery.jobs.child", str(run_dir)], stdout=log_file,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env={**procenv.compute_env(), "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()),
+                                         threads.SHARE_FILE_ENV: str(run_dir / threads.SHARE_FILE),
                                          **({threads.THREADS_ENV: str(self.threads)} if self.threads else {})})
         return Handle(job.id, run_dir, proc, extra={"pid": proc.pid})
 
