@@ -118,12 +118,13 @@ class _GatedProduct(torch.autograd.Function):
 # What a training step may hold beyond the frozen model: the adapter's training state (its fp32 weights, their
 # gradients and AdamW's two moments, 16 bytes per trainable parameter) and the saved activations. Past it, layers are
 # recomputed in the backward pass. SmolLM2-135M keeps about 18 KB per token per layer (measured with
-# saved_tensors_hooks; the estimate below says 21.5 KB). At rank 4 (19.5 MB of state) the activations get 685 MiB:
-# a batch of up to 1,114 tokens recomputes nothing; at rank 16 (78 MB of state) they get 630 MiB, 1,023 tokens. The
-# alert summaries (at most 151 tokens per example, at most 998 tokens a batch once their shared prefix runs once)
-# are never slowed, and a larger adapter does not raise the peak. 704 MiB, not 768, leaves the memory bench's long
-# examples 0.1 GB under 2 GB for 5% more recomputed layers on them (docs/training.md).
-STEP_BUDGET = 704 * 2**20
+# saved_tensors_hooks; the estimate below says 21.5 KB). At rank 4 (19.5 MB of state) the activations get 621 MiB:
+# a batch of up to 1,010 tokens recomputes nothing; at rank 16 (78 MB of state) they get 566 MiB, 919 tokens. The
+# alert summaries (at most 998 tokens a batch once their shared prefix runs once) recompute nothing at rank 4 and at
+# most 3 of 30 layers on 5 of their 30 batches at rank 16, and a larger adapter does not raise the peak. 640 MiB,
+# not 768, keeps the memory bench's long examples under 2 GB on a fresh clone, whose shared libraries map more
+# resident pages (docs/training.md).
+STEP_BUDGET = 640 * 2**20
 STATE_BYTES_PER_PARAMETER = 16  # fp32 weight, gradient, AdamW's exp_avg and exp_avg_sq
 
 
