@@ -10,9 +10,9 @@
   speed (bench/memory_bench.py, docs/benchmarks.md). It must be loaded before the process starts (LD_PRELOAD).
 - ONEDNN_PRIMITIVE_CACHE_CAPACITY=256: oneDNN keeps each bf16 matmul kernel it builds, one per shape, up to 1,024 by
   default. A training batch's width sets the shapes, so a run of mixed lengths kept building new ones until the cache
-  was full: about 0.5 GB of resident memory over a 30-step run, the memory bench's whole margin under 2 GB. 256 holds
-  every shape of a step several times over; it took the memory bench's peak from 1.97 to 1.81 GB, and the training
-  bench measured the same speed (docs/benchmarks.md).
+  was full: about 0.5 GB of resident memory over a 30-step run, the memory bench's whole margin under 2 GB. At 256
+  the alerts' peak fell from 1.97 to 1.81 GB and the training bench's worker ran at the same speed; at 8 it rebuilt
+  kernels within a step and ran 50% slower (docs/benchmarks.md).
 """
 
 from __future__ import annotations
