@@ -63,3 +63,37 @@ def loss_and_grads(model, ids, labels, runtime, **kw) -> tuple[float, int, int, 
     grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     return loss.item(), correct, n, grads
+
+
+@contextmanager
+def no_deprecated_calls_from(package_dir: Path) -> Iterator[list[str]]:
+    """Fail on a DeprecationWarning or FutureWarning whose deprecated API was called from code under `package_dir`.
+    The caller is the first frame outside the warning's own package (and torch's module-call plumbing, through
+    which a model's forward is called): a deprecated kwarg that tunery passes to a model's forward is tunery's, a
+    deprecated property that PEFT reads inside get_peft_model is PEFT's. Those others are yielded, not raised."""
+    import traceback
+    import warnings
+
+    others: list[str] = []
+    found: list[str] = []
+    package_dir, plumbing = str(package_dir), f"{os.sep}torch{os.sep}nn{os.sep}modules{os.sep}module.py"
+
+    def top(filename: str) -> str:
+        parts = Path(filename).parts
+        return parts[parts.index("site-packages") + 1] if "site-packages" in parts else filename
+
+    def hook(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, (DeprecationWarning, FutureWarning)):
+            return
+        stack = [f for f in traceback.extract_stack()[:-1] if not f.filename.endswith(f"{os.sep}warnings.py")]
+        origin = top(stack[-1].filename)
+        caller = next((f for f in reversed(stack) if top(f.filename) != origin and not f.filename.endswith(plumbing)),
+                      None)
+        where = f"{category.__name__}: {message} (called from {caller.filename}:{caller.lineno})" if caller else str(message)
+        (found if caller is not None and caller.filename.startswith(package_dir) else others).append(where)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = hook
+        yield others
+    assert not found, "tunery calls a deprecated API:\n" + "\n".join(found)

@@ -105,6 +105,19 @@ def test_create_with_type_confused_fields_is_a_400_naming_the_field(server, home
     assert_error(post(server, f"/v1beta1/{P}/tuningJobs", create_body(home, **over)), 400, fragment)
 
 
+@pytest.mark.parametrize("field, planted", [
+    ("_evaluation", {"dataset": "/etc/passwd", "limit": 5, "task": "generation"}),  # a read outside the roots
+    ("_config", {"train": "/etc/passwd"}), ("_openai", "not an object"), ("_workers", 64),
+    ("requestedBaseModel", ["a list"]), ("_anything", 1)])
+def test_a_create_with_a_field_the_server_stores_itself_is_refused_and_nothing_is_stored(server, home, field, planted):
+    before = httpx.get(f"{server.url}/v1beta1/{P}/tuningJobs", timeout=30).json().get("tuningJobs", [])
+    assert_error(post(server, f"/v1beta1/{P}/tuningJobs", create_body(home, **{field: planted})), 400,
+                 f"{field}: unknown field of TuningJob")
+    after = httpx.get(f"{server.url}/v1beta1/{P}/tuningJobs", timeout=30)
+    assert after.status_code == 200 and after.json().get("tuningJobs", []) == before
+    assert httpx.get(f"{server.url}/v1/models", timeout=30).status_code == 200
+
+
 def test_create_body_that_is_not_an_object(server):
     assert_error(post(server, f"/v1beta1/{P}/tuningJobs", [1, 2]), 400, "request body: expected a TuningJob object")
 

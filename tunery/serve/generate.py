@@ -93,6 +93,15 @@ def _shared_prefix(encoded: list[list[int]]) -> int:
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
+def _cache_kwarg(model) -> str:
+    """The name forward takes the KV cache by: transformers 5 renamed `past_key_values` to `cache` (the old name
+    warns, and goes in 5.40); older releases know only `past_key_values`. Read from the signature, not a version."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
 def greedy(model, ids, mask, max_new_tokens: int, end_id: int, prefix=None) -> list[list[int]]:
     """Greedy continuations of left-padded `ids` (B, W) with `mask`, each ending at `end_id` (included) or after
     `max_new_tokens`. Same tokens as `model.generate(do_sample=False)`: positions count real tokens only.
@@ -102,15 +111,16 @@ def greedy(model, ids, mask, max_new_tokens: int, end_id: int, prefix=None) -> l
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
+    kv = {_cache_kwarg(model): cache}
     if prefix is not None:
-        model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=prefix, **kv, use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(ids.shape[0])
         mask = torch.cat([mask.new_ones(ids.shape[0], prefix.shape[1]), mask], dim=1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
     alive = list(range(ids.shape[0]))  # original row of each row still decoding
     out: list[list[int]] = [[] for _ in alive]
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **kv, use_cache=True,
+                   logits_to_keep=1).logits[:, -1]
     for step in range(max_new_tokens):
         nxt = logits.argmax(-1)
         for row, token in zip(alive, nxt.tolist()):
@@ -127,6 +137,6 @@ def greedy(model, ids, mask, max_new_tokens: int, end_id: int, prefix=None) -> l
             cache.batch_select_indices(keep)
         mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
         positions = positions[:, -1:] + 1
-        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache,
+        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions, **kv,
                        use_cache=True).logits[:, -1]
     return out

@@ -21,6 +21,9 @@ OLD_SDK_ADAPTER_SIZES = {1: 1, 6: 2, 2: 4, 3: 8, 4: 16}  # proto enum numbers (g
 
 
 MAX_WORKERS = 64  # data-parallel workers one job may ask for (`workers`, a tunery field)
+# Names the server stores beside a job's request. No Google API field starts with "_", and requestedBaseModel is not
+# a TuningJob field: a client that sends one is refused, so it cannot plant a value tunery trusts later.
+INTERNAL_FIELDS = ("requestedBaseModel",)
 OTHER_SPECS = ("preferenceOptimizationSpec", "distillationSpec", "reinforcementTuningSpec", "fullFineTuningSpec")
 
 
@@ -47,6 +50,9 @@ class CreateTuningJob:
 def parse_create(body: Any) -> CreateTuningJob:
     if not isinstance(body, dict):
         raise ApiError(400, f"request body: expected a TuningJob object, found {type(body).__name__}")
+    for key in body:
+        if key.startswith("_") or key in INTERNAL_FIELDS:
+            raise ApiError(400, f"{key}: unknown field of TuningJob (the server sets it)")
     for key in OTHER_SPECS:
         if get(body, key):
             raise ApiError(400, f"{key}: tunery supports supervised tuning only (supervisedTuningSpec)")
