@@ -45,6 +45,8 @@ def broken_copy(src: Path, dst: Path) -> None:
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    # One home for every step and the server: the base model is converted to safetensors once, not once per home.
+    os.environ["TUNERY_HOME"] = str(OUT / "home")
     print("== 1. Validate the sample (the blog's alert-summary task, legacy `messages` format)")
     tunery("validate", str(DATA / "alerts_train.jsonl"), "--validation", str(DATA / "alerts_val.jsonl"))
 

@@ -478,6 +478,7 @@ def test_kill_dash_nine_then_rerun_resumes_to_the_same_result(data, tmp_path, ti
     rerun = subprocess.run(_tune_cmd(data, out, tiny_model_dir), env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming from step" in rerun.stderr
+    assert "%|" not in rerun.stderr and "it/s]" not in rerun.stderr  # stderr is a pipe: no progress bars in the log
     records = mt.read_metrics(out)
     assert [r["step"] for r in records] == list(range(1, 49))  # 24/4 x 8 epochs, each step exactly once
     assert json.loads((out / "manifest.json").read_text())["steps"] == 48

@@ -590,7 +590,18 @@ jobs_group.add_command(jobs_logs_cmd)
 
 
 def main() -> None:
+    _progress_bars_only_on_a_terminal()
     cli(prog_name="tunery")
+
+
+def _progress_bars_only_on_a_terminal() -> None:
+    """transformers draws tqdm bars on stderr while it converts, loads and saves weights: useful on a terminal,
+    lines of noise in a log (a server's, CI's, `make demo | tee`). Set before transformers is imported, and
+    inherited by the processes a command starts (jobs, the notebooks under `make demo`); a library user's notebook
+    keeps its bars."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm's own default for `disable` (the GGUF conversion's bar)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars follow huggingface_hub's
 
 
 if __name__ == "__main__":
