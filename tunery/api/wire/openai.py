@@ -209,14 +209,19 @@ def vertex_body(req: CreateJob, train_uri: str, validation_uri: str | None) -> d
     spec: dict[str, Any] = {"trainingDatasetUri": train_uri, "hyperParameters": hp}
     if validation_uri:
         spec["validationDatasetUri"] = validation_uri
-    body: dict[str, Any] = {"baseModel": req.model, "supervisedTuningSpec": spec,
-                            "_openai": {"training_file": req.training_file, "validation_file": req.validation_file,
-                                        "suffix": req.suffix, "seed": req.seed, "metadata": req.metadata}}
+    body: dict[str, Any] = {"baseModel": req.model, "supervisedTuningSpec": spec}
     if req.suffix:
         body["tunedModelDisplayName"] = req.suffix
     if req.metadata:
         body["labels"] = req.metadata  # Vertex's name for the same thing: the Vertex view and the model show them
     return body
+
+
+def stored_fields(req: CreateJob) -> dict:
+    """What the OpenAI view of the job needs beyond the Vertex request, stored by the server beside it (a client
+    cannot send these: the Vertex create refuses fields that start with "_")."""
+    return {"_openai": {"training_file": req.training_file, "validation_file": req.validation_file,
+                        "suffix": req.suffix, "seed": req.seed, "metadata": req.metadata}}
 
 
 # ---------------------------------------------------------------- model names
