@@ -29,11 +29,11 @@ def _one_core_per_worker() -> None:
 _one_core_per_worker()
 
 
-# The longest files first (per-file sums of `pytest --durations=0`, 2-core machine, 2026-11-22), the rest in name
-# order. The Makefile passes --no-loadscope-reorder, so xdist hands out files in this order instead of "most tests
-# first", which left the single-test files (the real-model test, the chaos run) for the end, alone on one core.
-LONGEST_FIRST = ["test_ray.py", "test_train_real.py", "test_examples.py", "test_resume.py", "test_chaos.py",
-                 "test_api.py", "test_jobs_worker.py", "test_train.py", "test_console.py", "test_vertex_sdk.py"]
+# The longest files first (per-file sums of `pytest --durations=0`, a 2-core AVX2 host, 2026-12-07), the rest in
+# name order. The Makefile passes --no-loadscope-reorder, so xdist hands out files in this order instead of "most
+# tests first", which left the single-test files (the real-model test, the chaos run) for the end, alone on one core.
+LONGEST_FIRST = ["test_ray.py", "test_train_real.py", "test_examples.py", "test_chaos.py", "test_resume.py",
+                 "test_jobs_worker.py", "test_api.py", "test_train.py", "test_console.py", "test_vertex_sdk.py"]
 
 
 def pytest_collection_modifyitems(items):
