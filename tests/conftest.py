@@ -20,7 +20,7 @@ def _one_core_per_worker() -> None:
     """`make test` runs pytest-xdist workers in a multiple of the cores: each worker, and every process it starts,
     gets one core (as `taskset` would), before torch is loaded. tunery sizes its thread pools from the
     affinity mask (tunery/threads.py), so the two workers' torch processes no longer oversubscribe the cores and
-    wait at each other's barriers: the suite's CPU time fell by a fifth (docs/benchmarks.md, "Sixth session")."""
+    wait at each other's barriers: the suite's CPU time fell by a fifth (measured 2026-11-22; `git log -p docs/benchmarks.md`)."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if MACHINE_CORES and worker.startswith("gw") and count and int(count) % len(MACHINE_CORES) == 0:
         os.sched_setaffinity(0, {sorted(MACHINE_CORES)[int(worker[2:]) % len(MACHINE_CORES)]})

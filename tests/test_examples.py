@@ -54,7 +54,7 @@ def check_summarization(out: str, server) -> None:
 
 def test_summarization_notebook(server):
     out = run("sft_summarization.py", server, "--train-examples", "24", "--epochs", "1", "--eval-examples", "3",
-              "--poll-seconds", "1")
+              "--poll-seconds", "0.3")
     check_summarization(out, server)
 
 
@@ -66,7 +66,7 @@ def test_qa_notebook(server):
 
 
 def test_blog_with_the_vertexai_sdk(server):
-    out = run("blog_alert_summarizer.py", server, "--train-examples", "4", "--epochs", "1", "--poll-seconds", "0.5")
+    out = run("blog_alert_summarizer.py", server, "--train-examples", "4", "--epochs", "1", "--poll-seconds", "0.3")
     assert "Tuning job created: " in out and "\nCreate time: 20" in out  # the script exits unless SUCCEEDED
     assert "Tuned model: projects/your-project-id/locations/us-central1/endpoints/" in out
     assert out.count("Base model:") == 3 and out.count("Tuned model:") == 4
@@ -83,5 +83,5 @@ def test_summarization_notebook_with_the_newest_google_genai_and_no_client_chang
     newest, resolved = genai_version(env), genai_version({**os.environ})
     assert int(newest.split(".")[0]) >= 3 and resolved.startswith("2."), (newest, resolved)
     out = run("sft_summarization.py", server, "--train-examples", "16", "--epochs", "1", "--eval-examples", "2",
-              "--poll-seconds", "1", "--zero-change", env=env)
+              "--poll-seconds", "0.3", "--zero-change", env=env)
     check_summarization(out, server)

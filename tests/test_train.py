@@ -122,6 +122,8 @@ def test_loss_and_token_accuracy_match_a_plain_forward(template, tiny_model_dir)
             expected_n += int(sel.sum())
     assert n == expected_n == sum(r.num_supervised for r in rows)  # every supervised token is predicted once
     assert correct == expected_correct
+    # fp32 sums of about 20 per-token losses, padded batch against one example at a time: n * eps = 20 * 1.2e-7
+    # relative, with room for the attention's different reduction order
     assert float(loss_sum) == pytest.approx(expected_loss, rel=1e-5)
 
 
@@ -142,6 +144,8 @@ def test_training_attention_equals_sdpa_in_value_and_gradient(length, window):
     ref = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
                                                            attn_mask=allowed, scale=0.25).transpose(1, 2)
     assert out.shape == (2, length, 4, 16)
+    # fp32 over up to 165 keys: another reduction order moves a sum by about n * eps = 165 * 1.2e-7 = 2e-5 of its
+    # terms' size (outputs are O(1), the gradients of the squared sum O(10), hence their larger atol)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     grads = torch.autograd.grad(out.square().sum(), (q, k, v))
     ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
@@ -452,6 +456,7 @@ def test_merged_export_equals_base_plus_adapter(data, tmp_path, tiny_model_dir):
         a = AutoModelForCausalLM.from_pretrained(merged)(input_ids=x).logits
         base = models.load_model_fresh(models.resolve(str(tiny_model_dir)))
         b = PeftModel.from_pretrained(base, str(out / "adapter"))(input_ids=x).logits
+    # fp32 logits of O(1): x(W + BA) against xW + (xB)A differ by rounding, a few eps of the largest logit
     assert torch.allclose(a, b, atol=1e-5)
 
 
