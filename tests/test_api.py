@@ -321,6 +321,28 @@ def test_every_route_requires_the_api_key_when_set(home, tmp_path):
         assert list(client.tunings.list()) == []
 
 
+def test_a_foreign_host_header_is_refused_on_every_route_and_the_console(home, tmp_path):
+    """DNS rebinding: a page at evil.example whose name resolves to 127.0.0.1 sends its own name as Host. Every route
+    and the console answer 400 in the API's error shape; loopback names (any port) and --allowed-host pass."""
+    with LiveServer(home, start_worker=False, allowed_hosts=("tunery.lan",)) as live:
+        paths = live.app.openapi()["paths"]
+        for path, methods in paths.items():
+            concrete = re.sub(r"\{[a-z_]+\}", "1", path.replace("{method}", "generateContent"))
+            for method in methods:
+                r = httpx.request(method.upper(), live.url + concrete, json={}, headers={"Host": "evil.example:80"})
+                assert r.status_code == 400 and "Host 'evil.example:80' is not this server's" in r.text, (path, r.text)
+                key = "message" if openai_path(concrete) else "status"
+                assert key in r.json()["error"], r.text
+        for page in ("/console", "/console/jobs", "/"):
+            assert httpx.get(live.url + page, headers={"Host": "127.0.0.1.evil.example"}).status_code == 400
+        jobs = live.url + "/v1beta1/projects/p/locations/l/tuningJobs"
+        for host in (f"localhost:{live.port}", f"[::1]:{live.port}", "127.0.0.1", "TUNERY.lan:8080"):
+            assert httpx.get(jobs, headers={"Host": host}).status_code == 200, host
+    from tunery.api.services import host_name
+
+    assert [host_name(h) for h in ("[::1]:80", "::1", "LocalHost:8080", "a.b")] == ["::1", "::1", "localhost", "a.b"]
+
+
 def test_non_loopback_host_without_key_refuses_to_start():
     import subprocess
     import sys

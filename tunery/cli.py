@@ -346,8 +346,11 @@ def export_cmd(run_dir, merged_out, checkpoint):
 @click.option("--artifacts", type=click.Path(file_okay=False), help="Directory of job run dirs (datasets, checkpoints, "
               "metrics, adapters); with Ray, storage every node mounts at this path (config.toml: artifacts). "
               "Default: HOME/jobs.")
+@click.option("--allowed-host", multiple=True, help="A Host header name to answer besides loopback's and --host "
+              "(repeatable; '*' for any). Requests naming another host get 400: a web page must not reach the API "
+              "by pointing its own name at this machine (DNS rebinding).")
 def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_concurrent_jobs, max_loaded_adapters,
-              max_request_mb, executor, ray_address, ray_token, artifacts):
+              max_request_mb, executor, ray_address, ray_token, artifacts, allowed_host):
     """Run the Vertex AI tuning API server (point the google-genai SDK's base_url at it).
 
     One server per home: a second one on the same home refuses to start and names the PID of the first.
@@ -376,7 +379,8 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_co
                               allow_http_datasets=allow_http_datasets, max_concurrent_jobs=max_concurrent_jobs,
                               max_loaded_adapters=max_loaded_adapters, max_request_bytes=max_request_mb << 20,
                               executor=executor, ray_address=ray_address, ray_token=ray_token or None,
-                              artifacts=Path(artifacts).expanduser().resolve() if artifacts else None)
+                              artifacts=Path(artifacts).expanduser().resolve() if artifacts else None,
+                              allowed_hosts=tuple(h for h in (host, *allowed_host) if h not in ("0.0.0.0", "::")))
     try:  # held until this process ends (the kernel drops it even on SIGKILL)
         locks.acquire(settings.home / locks.HOME_LOCK_FILE, f"the tunery home {settings.home}")
     except locks.Locked as exc:

@@ -55,6 +55,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
+        if not settings.admits_host(request.headers.get("host")):
+            message = (f"Host {request.headers['host']!r} is not this server's: it answers loopback names"
+                       f"{''.join(', ' + h for h in settings.allowed_hosts)}; start it with --allowed-host NAME to "
+                       "answer another (a check against DNS rebinding)")
+            return JSONResponse(errors.body_for(request.url.path, 400, message), status_code=400)
         if settings.api_key and not _authorized(request, settings.api_key) and not console.admits(request):
             if (page := console.refusal(request)) is not None:  # console pages send you to its sign-in page
                 return page

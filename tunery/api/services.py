@@ -18,6 +18,14 @@ from tunery.serve.registry import DEFAULT_MAX_ADAPTERS, Registry
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def host_name(header: str) -> str:
+    """The name in a Host header without its port: "[::1]:8080" -> "::1", "LocalHost:80" -> "localhost"."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """How a server runs. Dataset files (and base-model directories) are read only under `allowed_roots`: the home
@@ -36,11 +44,22 @@ class ServerSettings:
     ray_address: str | None = None  # the Ray dashboard URL (Jobs API) for executor "ray"
     ray_token: str | None = field(default=None, repr=False)  # Ray's auth token (never logged)
     artifacts: Path | None = None  # where job run dirs live (shared storage for Ray); default HOME/jobs
+    # Host header names answered besides loopback's (DNS rebinding: a web page whose name resolves to 127.0.0.1
+    # must not reach the API from the user's browser): the interface the server binds, and each --allowed-host
+    allowed_hosts: tuple[str, ...] = ()
 
     @property
     def runs_root(self) -> Path:
         """The folder of job run dirs: every Ray node must see it at this same path."""
         return self.artifacts if self.artifacts is not None else self.home / "jobs"
+
+    def admits_host(self, header: str | None) -> bool:
+        """Whether a request's Host header names this server: loopback, the bound interface or an allowed host
+        (any port). A request without one cannot come from a browser, and is admitted."""
+        if not header:
+            return True
+        name = host_name(header)
+        return name in LOOPBACK or name in {host_name(h) for h in self.allowed_hosts} or "*" in self.allowed_hosts
 
     @property
     def allowed_roots(self) -> list[Path]:
