@@ -44,14 +44,21 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="module", autouse=True)
 def _all_cores_for_many_processes(request):
     """A module marked `all_cores` (a Ray cluster; a server with three jobs and a chaos monkey) runs many processes
-    at once: they get every core back for that module (on one core the chaos test took 175 s instead of 114)."""
+    at once: they get every core back for that module (on one core the chaos test took 175 s instead of 114). Each
+    of them trains on one thread (TUNERY_THREADS), so the OS can place it on whichever core is free: a team of two
+    threads sharing a core with the other worker's test would wait at every OpenMP barrier (tunery/threads.py)."""
     if request.node.get_closest_marker("all_cores") is None or not MACHINE_CORES:
         yield
         return
-    mine = os.sched_getaffinity(0)
+    mine, threads = os.sched_getaffinity(0), os.environ.get("TUNERY_THREADS")
     os.sched_setaffinity(0, MACHINE_CORES)
+    os.environ["TUNERY_THREADS"] = "1"
     yield
     os.sched_setaffinity(0, mine)
+    if threads is None:
+        os.environ.pop("TUNERY_THREADS", None)
+    else:
+        os.environ["TUNERY_THREADS"] = threads
 
 
 from tunery import models  # noqa: E402

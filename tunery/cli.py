@@ -594,11 +594,11 @@ jobs_group.add_command(jobs_logs_cmd)
 
 
 def main() -> None:
-    _progress_bars_only_on_a_terminal()
+    progress_bars_only_on_a_terminal()
     cli(prog_name="tunery")
 
 
-def _progress_bars_only_on_a_terminal() -> None:
+def progress_bars_only_on_a_terminal() -> None:
     """transformers draws tqdm bars on stderr while it converts, loads and saves weights: useful on a terminal,
     lines of noise in a log (a server's, CI's, `make demo | tee`). Set before transformers is imported, and
     inherited by the processes a command starts (jobs, the notebooks under `make demo`); a library user's notebook
