@@ -48,7 +48,7 @@ def main() -> None:
     # One home for every step and the server: the base model is converted to safetensors once, not once per home.
     os.environ["TUNERY_HOME"] = str(OUT / "home")
     sys.path.insert(0, str(REPO))
-    from tunery.cli import progress_bars_only_on_a_terminal
+    from tunery.procenv import progress_bars_only_on_a_terminal
 
     progress_bars_only_on_a_terminal()  # for the notebook's own tqdm loop too, which the steps below start
     print("== 1. Validate the sample (the blog's alert-summary task, legacy `messages` format)")

@@ -347,8 +347,7 @@ def export_cmd(run_dir, merged_out, checkpoint):
               "metrics, adapters); with Ray, storage every node mounts at this path (config.toml: artifacts). "
               "Default: HOME/jobs.")
 @click.option("--allowed-host", multiple=True, help="A Host header name to answer besides loopback's and --host "
-              "(repeatable; '*' for any). Requests naming another host get 400: a web page must not reach the API "
-              "by pointing its own name at this machine (DNS rebinding).")
+              "(repeatable; '*': any). Others get 400, against DNS rebinding.")
 def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_concurrent_jobs, max_loaded_adapters,
               max_request_mb, executor, ray_address, ray_token, artifacts, allowed_host):
     """Run the Vertex AI tuning API server (point the google-genai SDK's base_url at it).
@@ -374,8 +373,7 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_co
     artifacts = artifacts or conf.artifacts
     if executor == "ray" and not ray_address:
         raise TuneryError("--executor ray needs --ray-address (the Ray dashboard URL, e.g. http://127.0.0.1:8265)")
-    settings = ServerSettings(home=root, api_key=api_key,
-                              allow_paths=tuple(Path(p).expanduser() for p in allow_path),
+    settings = ServerSettings(home=root, api_key=api_key, allow_paths=tuple(Path(p).expanduser() for p in allow_path),
                               allow_http_datasets=allow_http_datasets, max_concurrent_jobs=max_concurrent_jobs,
                               max_loaded_adapters=max_loaded_adapters, max_request_bytes=max_request_mb << 20,
                               executor=executor, ray_address=ray_address, ray_token=ray_token or None,
@@ -384,10 +382,10 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_co
     try:  # held until this process ends (the kernel drops it even on SIGKILL)
         locks.acquire(settings.home / locks.HOME_LOCK_FILE, f"the tunery home {settings.home}")
     except locks.Locked as exc:
-        who = f"pid {exc.pid}" if exc.pid else "its pid not written yet"
-        raise TuneryError(f"another tunery server ({who}) is running on the home {settings.home}; two servers "
-                          "on one home would run the same jobs twice",
-                          hint=f"stop it (kill {exc.pid}) or pass another --home" if exc.pid else "pass another --home") from None
+        who, hint = (f"pid {exc.pid}", f"stop it (kill {exc.pid}) or pass another --home") if exc.pid else \
+            ("its pid not written yet", "pass another --home")
+        raise TuneryError(f"another tunery server ({who}) is running on the home {settings.home}; two servers on one "
+                          "home would run the same jobs twice", hint=hint) from None
     try:
         app = create_app(settings)  # a Ray executor checks its address and token here
     except ExecutorError as exc:
@@ -594,18 +592,8 @@ jobs_group.add_command(jobs_logs_cmd)
 
 
 def main() -> None:
-    progress_bars_only_on_a_terminal()
+    procenv.progress_bars_only_on_a_terminal()
     cli(prog_name="tunery")
-
-
-def progress_bars_only_on_a_terminal() -> None:
-    """transformers draws tqdm bars on stderr while it converts, loads and saves weights: useful on a terminal,
-    lines of noise in a log (a server's, CI's, `make demo | tee`). Set before transformers is imported, and
-    inherited by the processes a command starts (jobs, the notebooks under `make demo`); a library user's notebook
-    keeps its bars."""
-    if not sys.stderr.isatty():
-        os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm's own default for `disable` (the GGUF conversion's bar)
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars follow huggingface_hub's
 
 
 if __name__ == "__main__":

@@ -44,3 +44,15 @@ def has_compute_env() -> bool:
     allocator) or at the first matmul (the thread waits, the kernel cache)."""
     settled = all(key in os.environ for key in {**WAIT_POLICY, **KERNEL_CACHE})
     return settled and (not JEMALLOC.is_file() or "jemalloc" in os.environ.get("LD_PRELOAD", ""))
+
+
+def progress_bars_only_on_a_terminal() -> None:
+    """transformers draws tqdm bars on stderr while it converts, loads and saves weights: useful on a terminal,
+    lines of noise in a log (a server's, CI's, `make demo | tee`). Set before transformers is imported, and
+    inherited by the processes a command starts (jobs, the notebooks under `make demo`); a library user's notebook
+    keeps its bars."""
+    import sys
+
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm's own default for `disable` (the GGUF conversion's bar)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars follow huggingface_hub's
