@@ -97,3 +97,17 @@ def no_deprecated_calls_from(package_dir: Path) -> Iterator[list[str]]:
         warnings.showwarning = hook
         yield others
     assert not found, "tunery calls a deprecated API:\n" + "\n".join(found)
+
+
+def job_spec(train: str = "x", **fields):
+    """A stored job's spec, as the job service would resolve it: TuningConfig fields go to `tuning`, the rest are
+    JobSpec fields (door "vertex" and the default base model unless given)."""
+    import dataclasses
+
+    from tunery.config import TuningConfig
+    from tunery.jobs.spec import JobSpec
+
+    names = {f.name for f in dataclasses.fields(TuningConfig)}
+    tuning = TuningConfig(train=train, output="", **{k: fields.pop(k) for k in list(fields) if k in names})
+    return JobSpec(**{"door": "vertex", "base_model": "smollm2-135m-instruct", "tuning": tuning, "train_uri": train,
+                      **fields})

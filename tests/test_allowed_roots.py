@@ -7,9 +7,9 @@ import os
 import pytest
 
 from tests.helpers import contents, write_jsonl
-from tunery.api import datasets
 from tunery.api.app import ServerSettings
-from tunery.api.errors import ApiError
+from tunery.data import sources
+from tunery.errors import RequestError
 
 
 def test_the_start_directory_is_not_an_allowed_root(tmp_path, monkeypatch):
@@ -21,8 +21,8 @@ def test_the_start_directory_is_not_an_allowed_root(tmp_path, monkeypatch):
     settings = ServerSettings(home=home, allow_paths=(extra,))
     assert settings.allowed_roots == [home.resolve(), extra.resolve()]
     for uri in (str(data), "train.jsonl", f"file://{data}"):
-        with pytest.raises(ApiError) as info:
-            datasets.resolve(uri, "trainingDatasetUri", settings.allowed_roots, False)
-        assert info.value.http == 403 and "start the server with --allow-path DIR" in info.value.message
+        with pytest.raises(RequestError) as info:
+            sources.resolve(uri, "train", settings.allowed_roots, False)
+        assert info.value.status == "PERMISSION_DENIED" and "start the server with --allow-path DIR" in info.value.message
     allowed = ServerSettings(home=home, allow_paths=(start,)).allowed_roots
-    assert datasets.resolve(str(data), "trainingDatasetUri", allowed, False) == os.path.realpath(data)
+    assert sources.resolve(str(data), "train", allowed, False) == os.path.realpath(data)

@@ -145,7 +145,7 @@ def test_the_defaults_are_stored_with_the_job_when_it_is_created(server, home):
             "supervisedTuningSpec": {"trainingDatasetUri": str(home / "data" / "train.jsonl")}}
     job = httpx.post(f"{server.url}/v1/projects/p/locations/l/tuningJobs", json=body).json()
     try:
-        stored = server.services.store.get_job(job["name"].rsplit("/", 1)[1]).request["_config"]
+        stored = vars(server.services.store.get_job(job["name"].rsplit("/", 1)[1]).spec.tuning)
         assert {k: stored.get(k) for k in ("adapter_size", "lora_alpha", "lora_targets", "lr_schedule", "batch_size")} \
             == {"adapter_size": DEFAULT_ADAPTER_SIZE, "lora_alpha": 2 * DEFAULT_ADAPTER_SIZE, "lora_targets": "all-linear",
                 "lr_schedule": "linear", "batch_size": DEFAULT_BATCH_SIZE}
@@ -463,6 +463,8 @@ def test_job_with_evaluation_config_attaches_a_before_after_report(server, home,
     assert r.exit_code == 0, r.output
     assert "exact_match" in r.stdout and (tmp_path / "r.html").read_text() == page.text
     r = CliRunner().invoke(cli, ["metrics", job.name.rsplit("/", 1)[1], "--server", server.url, "--json"])
+    assert r.exit_code == 2 and "NOT_FOUND" in r.output  # a bare id is the job of the CLI's project ("local")
+    r = CliRunner().invoke(cli, ["metrics", job.name, "--server", server.url, "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout) == curves
 

@@ -80,7 +80,7 @@ def create_body(home, **over) -> dict:
      "supervisedTuningSpec.hyperParameters.earlyStoppingPatience: expected a whole number"),
     ({"hyperParameters": {"earlyStoppingPatience": 0}},
      "supervisedTuningSpec.hyperParameters.earlyStoppingPatience: expected a whole number from 1 to 100"),
-    ({"hyperParameters": {"earlyStoppingPatience": 2}}, "--early-stopping-patience: expected a validation dataset"),
+    ({"hyperParameters": {"earlyStoppingPatience": 2}}, "supervisedTuningSpec.hyperParameters.earlyStoppingPatience: expected a validation dataset to watch"),
     ({"hyperParameters": {"learningRateMultiplyer": 2}},  # misspelt: not silently the default
      "supervisedTuningSpec.hyperParameters.learningRateMultiplyer: unknown field; expected one of epochCount, "
      "learningRateMultiplier, learningRate, adapterSize, batchSize, earlyStoppingPatience, maxLength, loraAlpha, "

@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers import contents, tunery_home, write_jsonl
+from tests.helpers import contents, job_spec, tunery_home, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 SHOTS = os.environ.get("TUNERY_SCREENSHOTS")
@@ -385,13 +385,12 @@ def _insert_job(home: Path, job_id: str, state: str, error: dict) -> None:
     """An ended job, written as the worker would leave it (the worker never picks up an ended job)."""
     import sqlite3
 
-    request = {"tunedModelDisplayName": "broken", "baseModel": "smollm2-135m-instruct",
-               "supervisedTuningSpec": {"trainingDatasetUri": "big.jsonl"}, "_config": {"train": "big.jsonl"}}
+    spec = job_spec("big.jsonl", display_name="broken").to_json()
     with sqlite3.connect(home / "tunery.db") as db:
-        db.execute("INSERT INTO jobs (id, project, location, state, detail_state, request, create_time, update_time,"
+        db.execute("INSERT INTO jobs (id, project, location, state, detail_state, spec, create_time, update_time,"
                    " start_time, end_time, error, run_dir) VALUES (?, 'p', 'l', ?, NULL, ?, '2026-01-01T00:00:00.000000Z',"
                    " '2026-01-01T00:00:09.000000Z', '2026-01-01T00:00:01.000000Z', '2026-01-01T00:00:09.000000Z', ?, ?)",
-                   (job_id, state, json.dumps(request), json.dumps(error), str(home / "jobs" / job_id)))
+                   (job_id, state, json.dumps(spec), json.dumps(error), str(home / "jobs" / job_id)))
 
 
 def test_a_failed_job_shows_its_error_with_file_and_line_and_the_state_filter_finds_it(page, server, home):

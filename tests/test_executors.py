@@ -12,6 +12,7 @@ import pytest
 
 from tunery.jobs import states
 from tunery.jobs.executors import ExecutorError
+from tests.helpers import job_spec
 from tunery.jobs.executors.ray import RayExecutor, check_address
 from tunery.jobs.store import Store
 from tunery.jobs.worker import Worker
@@ -79,7 +80,7 @@ def _worker(store: Store) -> Worker:
 
 
 def _job(store: Store, tmp_path: Path):
-    return store.create_job("p", "l", {"_config": {"train": "x"}, "_workers": 2}, tmp_path / "jobs")
+    return store.create_job("p", "l", job_spec(workers=2), tmp_path / "jobs")
 
 
 def test_a_dead_ray_job_is_a_crash_resubmitted_as_the_next_attempt(fake, store, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import contents, write_jsonl
+from tests.helpers import contents, job_spec, write_jsonl
 from tests.test_api import _free_port
 from tunery import locks
 from tunery.jobs import states
@@ -58,7 +58,7 @@ def store(tmp_path) -> Store:
 
 
 def _job(store: Store, tmp_path: Path, state: str = states.PENDING):
-    job = store.create_job("p", "l", {"_config": {"train": "x"}}, tmp_path / "jobs")
+    job = store.create_job("p", "l", job_spec(), tmp_path / "jobs")
     if state != states.PENDING:
         job = store.transition(job.id, states.RUNNING, started=True, attempt=True)
     return job

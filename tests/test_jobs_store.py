@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from tunery.jobs import states
+from tests.helpers import job_spec
 from tunery.jobs.migrations import MIGRATIONS
 from tunery.jobs.states import IllegalTransition
 from tunery.jobs.store import Store
@@ -29,7 +30,7 @@ def test_the_transition_table_allows_the_vertex_lifecycle_only():
 
 
 def test_create_get_and_timestamps(store, tmp_path):
-    job = store.create_job("p", "us-central1", {"baseModel": "gemini-2.0-flash-001"}, tmp_path / "runs")
+    job = store.create_job("p", "us-central1", job_spec(), tmp_path / "runs")
     assert job.state == states.PENDING and job.detail_state == states.WAITING_FOR_QUOTA
     assert job.name == f"projects/p/locations/us-central1/tuningJobs/{job.id}" and len(job.id) == 19 and job.id.isdigit()
     assert job.create_time.endswith("Z") and job.start_time is None
@@ -41,7 +42,7 @@ def test_create_get_and_timestamps(store, tmp_path):
 
 
 def test_exactly_one_of_many_concurrent_claims_wins(store, tmp_path):
-    job = store.create_job("p", "l", {}, tmp_path)
+    job = store.create_job("p", "l", job_spec(), tmp_path)
     wins, losses = [], []
 
     def claim():
@@ -60,8 +61,8 @@ def test_exactly_one_of_many_concurrent_claims_wins(store, tmp_path):
 
 
 def test_list_pages_newest_first_and_filters_by_state(store, tmp_path):
-    ids = [store.create_job("p", "l", {"n": i}, tmp_path).id for i in range(5)]
-    store.create_job("other", "l", {}, tmp_path)
+    ids = [store.create_job("p", "l", job_spec(f"d{i}"), tmp_path).id for i in range(5)]
+    store.create_job("other", "l", job_spec(), tmp_path)
     store.transition(ids[0], states.CANCELLED)
     page, nxt = store.list_jobs("p", "l", 2, 0)
     assert [j.id for j in page] == ids[::-1][:2] and nxt == 2
@@ -72,7 +73,7 @@ def test_list_pages_newest_first_and_filters_by_state(store, tmp_path):
 
 
 def test_finished_job_registers_model_and_endpoints_and_delete_cascades(store, tmp_path):
-    job = store.create_job("p", "l", {"tunedModelDisplayName": "alerts", "labels": {"team": "sre"}}, tmp_path)
+    job = store.create_job("p", "l", job_spec(display_name="alerts", labels={"team": "sre"}), tmp_path)
     job = store.transition(job.id, states.RUNNING, started=True)
     ckpts = [{"checkpointId": "1", "epoch": 1, "step": 5, "path": "/x/1"}, {"checkpointId": "2", "epoch": 2, "step": 10, "path": "/x/2"}]
     job, model = store.finish_job(job, "smollm2-135m-instruct", "/x/adapter", ckpts, {"completedEpochCount": 2})
@@ -88,8 +89,8 @@ def test_finished_job_registers_model_and_endpoints_and_delete_cascades(store, t
 
 def test_reopening_keeps_everything_and_does_not_remigrate(tmp_path):
     first = Store(tmp_path / "tunery.db")
-    job = first.create_job("p", "l", {"x": 1}, tmp_path)
+    job = first.create_job("p", "l", job_spec("data.jsonl", epochs=3), tmp_path)
     again = Store(tmp_path / "tunery.db")
-    assert again.get_job(job.id).request == {"x": 1}
+    assert again.get_job(job.id).spec == job_spec("data.jsonl", epochs=3)
     assert again._db().execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert again._db().execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -78,7 +78,7 @@ def storage():
 
 @pytest.mark.parametrize("scheme", ["s3", "gs"])
 def test_remote_train_and_validation_with_the_same_basename(storage, scheme, tmp_path, tiny_model_dir):
-    with tunery_home(tmp_path, tiny_model_dir) as home, LiveServer(home) as server:
+    with tunery_home(tmp_path, tiny_model_dir) as home, LiveServer(home, allow_buckets=(BUCKET,)) as server:
         body = {"baseModel": "gemini-2.0-flash-001", "supervisedTuningSpec": {
             "trainingDatasetUri": f"{scheme}://{BUCKET}/train/data.jsonl",
             "validationDatasetUri": f"{scheme}://{BUCKET}/validation/data.jsonl",

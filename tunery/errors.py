@@ -55,3 +55,18 @@ class TrainingError(TuneryError):
     """A run cannot continue: non-finite loss, out of memory, an unusable dataset."""
 
     code = "training_failed"
+
+
+class RequestError(TuneryError):
+    """A request the job service refuses. `field` is the request's field as tunery names it (e.g. "train",
+    "hyperparameters.adapter_size"): each door maps it to its own spelling. `status` is the google.rpc code name
+    (INVALID_ARGUMENT, PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED)."""
+
+    code = "invalid_argument"
+
+    def __init__(self, field: str, detail: str, *, status: str = "INVALID_ARGUMENT", hint: str = "",
+                 values: dict | None = None) -> None:
+        """`values`: request values named in `detail` as {name} (a door spells them its way; here, repr)."""
+        shown = detail.format(**{k: repr(v) for k, v in (values or {}).items()})
+        super().__init__(f"{field}: {shown}" if field else shown, hint=hint)
+        self.field, self.detail, self.status, self.values = field, detail, status, values or {}

@@ -12,6 +12,7 @@ from tunery import console
 from tunery.api import errors
 from tunery.api.routes import endpoints, experiments, gce_metadata, generation, openai, openai_chat, tuning
 from tunery.api.services import LOOPBACK, ServerSettings, Services  # noqa: F401  (re-exported for callers)
+from tunery.jobs.service import JobService
 from tunery.jobs.store import Store
 from tunery.jobs.worker import Worker
 from tunery.serve.registry import Registry
@@ -37,8 +38,8 @@ def _executor(settings: ServerSettings):
 def create_app(settings: ServerSettings) -> FastAPI:
     store = Store(settings.home / "tunery.db")
     worker = Worker(store, max_concurrent=settings.max_concurrent_jobs, executor=_executor(settings))
-    svc = Services(settings, store, worker,
-                   Registry(max_adapters=settings.max_loaded_adapters, threads=worker.serving_threads))
+    registry = Registry(max_adapters=settings.max_loaded_adapters, threads=worker.serving_threads)
+    svc = Services(settings, store, worker, registry, JobService(store, settings.policy(), registry.forget))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -12,7 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunery.errors import TuneryError
+from tunery.api.wire import fields
+from tunery.errors import RequestError, TuneryError
 from tunery.jobs.states import IllegalTransition
 
 STATUS = {400: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -60,8 +61,20 @@ def body_for(path: str, http: int, message: str, status_name: str | None = None,
     return openai_body(http, message, code) if openai_path(path) else error_body(http, message, status_name)
 
 
-def _from_tunery(exc: TuneryError) -> ApiError:
-    """Errors a user caused are 400s; an illegal state change is a failed precondition."""
+HTTP_OF = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,
+           "RESOURCE_EXHAUSTED": 429}
+
+
+def from_request_error(exc: RequestError, names: dict[str, str]) -> ApiError:
+    """A job service error as an API error, its field spelt as `names` (fields.VERTEX, fields.OPENAI) say."""
+    return ApiError(HTTP_OF.get(exc.status, 400), fields.named(exc, names), exc.status)
+
+
+def _from_tunery(exc: TuneryError, path: str = "") -> ApiError:
+    """Errors a user caused are 400s (a service error says which); an illegal state change is a failed
+    precondition."""
+    if isinstance(exc, RequestError):
+        return from_request_error(exc, fields.OPENAI if openai_path(path) else fields.VERTEX)
     text = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
     return ApiError(400, text, "FAILED_PRECONDITION" if isinstance(exc, IllegalTransition) else None)
 
@@ -76,7 +89,7 @@ def install(app) -> None:
 
     @app.exception_handler(TuneryError)
     async def _tunery(request: Request, exc: TuneryError):
-        e = _from_tunery(exc)
+        e = _from_tunery(exc, request.url.path)
         return JSONResponse(body_for(request.url.path, e.http, e.message, e.status_name), status_code=e.http)
 
     @app.exception_handler(RequestValidationError)

@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from tunery.jobs.service import JobService, Policy
 from tunery.jobs.store import Store
 from tunery.jobs.worker import Worker
 from tunery.serve.registry import DEFAULT_MAX_ADAPTERS, Registry
@@ -35,7 +36,9 @@ class ServerSettings:
     api_key: str | None = None  # when set, every route requires it (Bearer token or x-goog-api-key)
     allow_paths: tuple[Path, ...] = ()  # roots besides the home (--allow-path)
     allow_http_datasets: bool = False
+    allow_buckets: tuple[str, ...] = ()  # gs:// and s3:// buckets datasets may come from (--allow-bucket)
     max_concurrent_jobs: int = 1  # Vertex's concurrent-tuning-job quota
+    max_pending_jobs: int = 100  # jobs waiting to start; one more is refused with 429 RESOURCE_EXHAUSTED
     max_loaded_adapters: int = DEFAULT_MAX_ADAPTERS
     validate_on_create_bytes: int = 8 << 20  # datasets this small are validated before create returns
     max_request_bytes: int = 32 << 20  # larger request bodies get 413
@@ -65,6 +68,11 @@ class ServerSettings:
     def allowed_roots(self) -> list[Path]:
         return [Path(os.path.realpath(p)) for p in (self.home, *self.allow_paths)]
 
+    def policy(self) -> Policy:
+        """What the job service may let a job read, and how many may wait."""
+        return Policy(self.runs_root, tuple(self.allowed_roots), self.allow_http_datasets, self.allow_buckets,
+                      self.validate_on_create_bytes, self.max_pending_jobs, self.executor == "ray")
+
 
 @dataclass
 class Services:
@@ -72,6 +80,7 @@ class Services:
     store: Store
     worker: Worker
     registry: Registry
+    jobs: JobService
 
 
 def services(request: Request) -> Services:

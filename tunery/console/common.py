@@ -13,9 +13,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from tunery.api.services import Services
-from tunery.api.errors import ApiError
+from tunery.api.errors import ApiError, from_request_error
+from tunery.api.wire import fields
 from tunery.console import auth
-from tunery.errors import TuneryError
+from tunery.errors import RequestError, TuneryError
 from tunery.jobs import states
 from tunery.jobs.child import PROGRESS_FILE, RUN_SUBDIR
 from tunery.jobs.store import Job
@@ -47,6 +48,9 @@ def message_of(exc: Exception) -> tuple[int, str]:
         return exc.http, exc.message
     if isinstance(exc, auth.CsrfError):
         return 403, str(exc)
+    if isinstance(exc, RequestError):  # the service's field names as the Vertex request spells them
+        error = from_request_error(exc, fields.VERTEX)
+        return error.http, error.message
     if isinstance(exc, TuneryError):
         return 400, f"{exc.message} ({exc.hint})" if exc.hint else exc.message
     raise exc
@@ -91,10 +95,7 @@ def csrf(request: Request, token: str | None) -> auth.Session:
 
 
 def job_or_error(request: Request, job_id: str) -> Job:
-    job = svc(request).store.get_job(job_id)
-    if job is None:
-        raise ApiError(404, f"tuning job {job_id!r} not found")
-    return job
+    return svc(request).jobs.get(job_id)
 
 
 def read_json(path: Path) -> dict:
@@ -117,16 +118,16 @@ def job_view(services: Services, job: Job) -> dict[str, Any]:
     meta = job.metadata or {}
     done = int(meta.get("completedStepCount") or progress.get("completedStepCount") or 0)
     total = int(progress.get("totalSteps") or 0) or (done if job.state == states.SUCCEEDED else 0)
-    req = job.request
+    spec = job.spec
     model = services.store.get_model(job.model_id) if job.model_id else None
     return {"id": job.id, "name": job.name, "state": job.state, "state_short": short(job.state),
             "detail": short(job.detail_state) if job.state in (states.PENDING, states.RUNNING) else "",
-            "ended": job.state in states.ENDED, "display_name": req.get("tunedModelDisplayName") or "",
-            "base_model": req.get("baseModel") or "", "requested_base_model": req.get("requestedBaseModel") or "",
+            "ended": job.state in states.ENDED, "display_name": spec.display_name or "",
+            "base_model": spec.base_model, "requested_base_model": spec.requested_base_model or "",
             "create_time": job.create_time, "start_time": job.start_time or "", "end_time": job.end_time or "",
             "steps": done, "total_steps": total, "percent": round(100 * done / total) if total else 0,
             "epoch": int(meta.get("completedEpochCount") or progress.get("completedEpochCount") or 0),
-            "epochs": int(progress.get("epochs") or req.get("_config", {}).get("epochs") or 0),
+            "epochs": int(progress.get("epochs") or spec.tuning.epochs or 0),
             "error": (job.error or {}).get("message") if job.state != states.CANCELLED else "",
             "model_id": model.id if model else None,
             "cancellable": job.state in (states.PENDING, states.RUNNING)}

@@ -15,12 +15,11 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from tunery import models
-from tunery.api import datasets
-from tunery.api.wire import tuning as wire
 from tunery.api.errors import ApiError
-from tunery.api.routes import tuning
+from tunery.api.wire import tuning as wire
 from tunery.config import ADAPTER_SIZES, DEFAULT_ADAPTER_SIZE, DEFAULT_BATCH_SIZE, default_epochs, load_settings
 from tunery.console.common import LOCATION, PROJECT, USER_ERRORS, csrf, message_of, page_errors, render, svc
+from tunery.data import sources
 from tunery.data.validate import MAX_FILE_BYTES, Limits, validate
 from tunery.jobs import states
 
@@ -146,7 +145,7 @@ def _throughput(request: Request, base: str) -> tuple[float, str]:
     """Training tokens per second on this machine: the last finished job of this base model, else the benchmark."""
     for job in svc(request).store.jobs_in(states.SUCCEEDED)[::-1]:
         tokens = (job.stats or {}).get("totalBillableTokenCount")
-        if job.request.get("baseModel") == base and tokens and job.start_time and job.end_time:
+        if job.spec.base_model == base and tokens and job.start_time and job.end_time:
             seconds = (datetime.fromisoformat(job.end_time) - datetime.fromisoformat(job.start_time)).total_seconds()
             if seconds > 0:
                 return tokens / seconds, f"measured on job {job.id} ({tokens / seconds:,.0f} tokens/s, start-up included)"
@@ -159,8 +158,9 @@ def _check(request: Request, form: dict) -> dict:
     if not form["train_path"]:
         raise ApiError(400, "Training dataset: upload a file or give a path under "
                             + ", ".join(map(str, settings.allowed_roots)))
-    hp = wire.hyperparameters(_body(form)["supervisedTuningSpec"])  # wrong types and ranges, named
-    paths = {kind: datasets.resolve(form[f"{kind}_path"], label, settings.allowed_roots, settings.allow_http_datasets)
+    hp = wire.parse_create(_body(form), door="console").hyperparameters  # wrong types and ranges, named
+    paths = {kind: sources.resolve(form[f"{kind}_path"], label, settings.allowed_roots, settings.allow_http_datasets,
+                                   settings.allow_buckets)
              for kind, label in (("train", "Training dataset"), ("validation", "Validation dataset"))
              if form[f"{kind}_path"]}
     spec = models.resolve_allowed(form["base_model"] or None, settings.allowed_roots)
@@ -199,8 +199,7 @@ def new_submit(request: Request, csrf_token: str | None = Form(None, alias="csrf
             form[f"{kind}_path"] = _save(request, upload) or form[f"{kind}_path"]
         ctx["check"] = check = _check(request, form)
         if action == "create" and check["valid"]:
-            job = tuning.create_tuning_job(PROJECT, LOCATION, svc(request), _body(form))
-            job_id = job["name"].rsplit("/", 1)[1]
+            job_id = svc(request).jobs.create(PROJECT, LOCATION, wire.parse_create(_body(form), door="console")).id
             session.flash = f"Created tuning job {form['display_name'] or job_id}."
             return RedirectResponse(f"/console/jobs/{job_id}", status_code=303)
     except USER_ERRORS as exc:

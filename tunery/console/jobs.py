@@ -10,7 +10,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from tunery.api.errors import ApiError
-from tunery.api.routes import tuning
+from tunery.api.wire import fields
 from tunery.console.common import (csrf, curves, job_or_error, job_view, json_errors, page_errors, read_json, render,
                                    short, svc)
 from tunery.jobs import child, states
@@ -46,24 +46,20 @@ def jobs_json(request: Request, state: str | None = None) -> JSONResponse:
 @page_errors
 def cancel(request: Request, job_id: str, csrf_token: str | None = Form(None, alias="csrf")) -> RedirectResponse:
     session = csrf(request, csrf_token)
-    job = job_or_error(request, job_id)
-    tuning.cancel_tuning_job(job.project, job.location, job.id, svc(request))
-    session.flash = f"Cancelling job {job.request.get('tunedModelDisplayName') or job.id}."
+    job = svc(request).jobs.cancel(job_id)
+    session.flash = f"Cancelling job {job.spec.display_name or job.id}."
     return RedirectResponse("/console", status_code=303)
 
 
 def _hyperparameters(job: Job) -> tuple[dict, dict]:
-    """(as sent in the request, as resolved by the run)."""
-    sent = dict(((job.request.get("supervisedTuningSpec") or {}).get("hyperParameters")) or {})
-    from tunery.config import TuningConfig
-
-    cfg = job.request.get("_config", {})
+    """(as set in the request, as resolved by the run)."""
+    tc = job.spec.tuning
     resolved = read_json(Path(job.run_dir) / child.RUN_SUBDIR / ck.RUN_FILE).get("hyperparameters")
     if not resolved:
-        defaults = TuningConfig(train="-", output="-", **{k: v for k, v in cfg.items() if k not in ("train", "validation", "base_model")})
-        resolved = defaults.hyperparameters(cfg.get("epochs") or 0)
-        resolved["epochs"] = cfg.get("epochs") or "chosen from the dataset size when the job starts"
-    resolved = {"base_model": job.request.get("baseModel"), **resolved}
+        resolved = tc.hyperparameters(tc.epochs or 0)
+        resolved["epochs"] = tc.epochs or "chosen from the dataset size when the job starts"
+    sent = {fields.HP_VERTEX.get(k, k): v for k, v in job.spec.sent().items()}
+    resolved = {"base_model": job.spec.base_model, **resolved}
     return sent, {k: v for k, v in resolved.items() if v is not None}
 
 
@@ -100,7 +96,7 @@ def _checkpoints(request: Request, job: Job, lines: dict) -> list[dict]:
 
 
 def _evaluation(job: Job) -> dict | None:
-    if not job.request.get("_evaluation"):
+    if not job.spec.evaluation:
         return None
     status = child.evaluation_status(Path(job.run_dir))
     if status.get("error"):
@@ -129,7 +125,8 @@ def job_page(request: Request, job_id: str) -> HTMLResponse:
         "title": f"Job {view['display_name'] or job.id}", "job": view, "timeline": _timeline(job, view),
         "sent": sent, "resolved": resolved, "stats": job.stats, "curves": lines, "endpoint": endpoint, "model": model,
         "checkpoints": _checkpoints(request, job, lines), "evaluation": _evaluation(job),
-        "datasets": {k: v for k, v in job.request.get("_config", {}).items() if k in ("train", "validation")}})
+        "datasets": {k: v for k, v in (("train", job.spec.tuning.train), ("validation", job.spec.tuning.validation))
+                     if v}})
 
 
 @router.get("/console/api/jobs/{job_id}")
@@ -144,5 +141,5 @@ def job_json(request: Request, job_id: str) -> JSONResponse:
 @page_errors
 def evaluation_page(request: Request, job_id: str) -> HTMLResponse:
     """The job's self-contained before/after HTML report (the REST route's page, behind the console's cookie)."""
-    job = job_or_error(request, job_id)
-    return tuning.get_evaluation_report(job.project, job.location, job.id, svc(request), format="html")
+    jobs = svc(request).jobs
+    return HTMLResponse(jobs.evaluation_report(jobs.get(job_id)).with_suffix(".html").read_text())

@@ -61,7 +61,7 @@ def run(run_dir: Path, rank: int = 0) -> int:
     files (train() itself writes the run dir from rank 0 only); the others take their share of each batch."""
     from tunery.train.engine import train
 
-    from tunery.api.datasets import fetch
+    from tunery.data.sources import fetch
 
     spec = json.loads((run_dir / JOB_FILE).read_text())
     fields = dict(spec["config"])
@@ -127,7 +127,7 @@ def _evaluate(run_dir: Path, ev: dict, base_model: str, adapter: str, label: str
     """Base against tuned on the evaluation dataset; the report goes to RUN_DIR/evaluation/. A failed evaluation
     does not fail the job (the tuned model is good): its error is recorded for evaluateDatasetRuns."""
     from tunery import models
-    from tunery.api.datasets import fetch
+    from tunery.data.sources import fetch
     from tunery.eval import report as rp
     from tunery.eval import run as er
 

@@ -99,6 +99,65 @@ def m004_openai_files(db: sqlite3.Connection) -> None:
     """)
 
 
+# the legacy request's hyperParameters names -> TuningConfig's (m005)
+_LEGACY_HP = {"epochCount": "epochs", "learningRateMultiplier": "learning_rate_multiplier",
+              "learningRate": "learning_rate", "adapterSize": "adapter_size", "batchSize": "batch_size",
+              "earlyStoppingPatience": "early_stopping_patience", "maxLength": "max_length", "loraAlpha": "lora_alpha",
+              "loraTargets": "lora_targets", "learningRateSchedule": "lr_schedule"}
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _legacy_spec(req: dict) -> dict:
+    """A version-1 job spec from a row stored before m005: the client's body with the server's fields (`_config`,
+    `_evaluation`, `_workers`, `_openai`, `requestedBaseModel`) beside it. Only what the server resolved is kept;
+    values of the wrong type (a client could plant them before create refused such fields) are dropped."""
+    cfg = req.get("_config") if isinstance(req.get("_config"), dict) else {}
+    sup = req.get("supervisedTuningSpec") if isinstance(req.get("supervisedTuningSpec"), dict) else {}
+    hp = sup.get("hyperParameters") if isinstance(sup.get("hyperParameters"), dict) else {}
+    sent = [_LEGACY_HP.get(k) or k for k in hp]
+    pre = req.get("preTunedModel") if isinstance(req.get("preTunedModel"), dict) else None
+    pre_name = pre and _text(pre.get("tunedModelName") or pre.get("tuned_model_name"))
+    oa = req.get("_openai") if isinstance(req.get("_openai"), dict) else None
+    ev = req.get("_evaluation") if isinstance(req.get("_evaluation"), dict) else None
+    labels = req.get("labels") if isinstance(req.get("labels"), dict) else {}
+    workers = req.get("_workers")
+    return {"v": 1, "door": "openai" if oa else "vertex", "base_model": _text(req.get("baseModel")) or "",
+            "tuning": {"train": _text(sup.get("trainingDatasetUri")) or "",
+                       **{k: v for k, v in cfg.items() if k not in ("output", "save_interval_seconds")}},
+            "train_uri": _text(sup.get("trainingDatasetUri")) or _text(cfg.get("train")) or "",
+            "validation_uri": _text(sup.get("validationDatasetUri")),
+            "requested_base_model": _text(req.get("requestedBaseModel")),
+            "explicit": [k for k in sent if k in cfg],
+            "evaluation": {k: ev[k] for k in ("dataset", "task", "limit", "max_output_tokens", "temperature") if k in ev}
+            if ev else None,
+            "workers": workers if isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1 else 1,
+            "pre_tuned": {"model_id": pre_name.rsplit("/", 1)[-1].split("@")[0],
+                          "checkpoint_id": _text(pre.get("checkpointId") or pre.get("checkpoint_id"))} if pre_name else None,
+            "display_name": _text(req.get("tunedModelDisplayName")), "description": _text(req.get("description")),
+            "labels": {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)},
+            "openai": {k: oa.get(k) for k in ("training_file", "validation_file", "suffix", "seed", "metadata")}
+            if oa and _text(oa.get("training_file")) else None}
+
+
+@migration
+def m005_typed_job_specs(db: sqlite3.Connection) -> None:
+    """jobs.request (the client's body with the server's fields beside it) becomes jobs.spec, a versioned
+    JobSpec (tunery/jobs/spec.py): no request body is stored any more."""
+    import json
+
+    db.execute("ALTER TABLE jobs RENAME COLUMN request TO spec")
+    for job_id, text in db.execute("SELECT id, spec FROM jobs").fetchall():
+        try:
+            req = json.loads(text)
+        except ValueError:
+            req = {}
+        spec = _legacy_spec(req if isinstance(req, dict) else {})
+        db.execute("UPDATE jobs SET spec = ? WHERE id = ?", (json.dumps(spec), job_id))
+
+
 def _run(db: sqlite3.Connection, script: str) -> None:
     """Execute statements one by one (executescript would COMMIT the migration's transaction early)."""
     for statement in script.split(";"):

@@ -20,6 +20,7 @@ from typing import Any
 
 from tunery.jobs import states
 from tunery.jobs.migrations import migrate
+from tunery.jobs.spec import JobSpec
 
 
 def now() -> str:
@@ -43,7 +44,7 @@ class Job:
     location: str
     state: str
     detail_state: str | None
-    request: dict
+    spec: JobSpec
     create_time: str
     update_time: str
     start_time: str | None
@@ -114,8 +115,9 @@ EXPERIMENT_LIVE, RUN_CONTEXT_DELETED, EXPERIMENT_DELETED = 0, 1, 2
 
 def _job(row: sqlite3.Row) -> Job:
     d = dict(row)
-    for key in ("request", "error", "stats", "metadata"):
+    for key in ("error", "stats", "metadata"):
         d[key] = _loads(d[key])
+    d["spec"] = JobSpec.from_json(json.loads(d["spec"]))
     return Job(**d)
 
 
@@ -160,14 +162,20 @@ class Store:
 
     # ---------------------------------------------------------------- jobs
 
-    def create_job(self, project: str, location: str, request: dict, runs_root: Path) -> Job:
+    def create_job(self, project: str, location: str, spec: JobSpec, runs_root: Path,
+                   max_pending: int | None = None) -> Job | None:
+        """Store a new PENDING job; None (nothing stored) when `max_pending` jobs are pending already."""
         job_id, ts = new_id(), now()
         run_dir = str(runs_root / job_id)
         with self._tx() as db:
-            db.execute("INSERT INTO jobs (id, project, location, state, detail_state, request, create_time, update_time, run_dir)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (job_id, project, location, states.PENDING, states.WAITING_FOR_QUOTA, json.dumps(request), ts, ts, run_dir))
-        return self.get_job(job_id)  # type: ignore[return-value]
+            if max_pending is not None:
+                (pending,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (states.PENDING,)).fetchone()
+                if pending >= max_pending:
+                    return None
+            db.execute("INSERT INTO jobs (id, project, location, state, detail_state, spec, create_time, update_time, run_dir)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (job_id, project, location, states.PENDING,
+                                                              states.WAITING_FOR_QUOTA, json.dumps(spec.to_json()), ts, ts, run_dir))
+        return self.get_job(job_id)
 
     def get_job(self, job_id: str) -> Job | None:
         row = self._db().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -264,14 +272,13 @@ class Store:
                    metadata: dict) -> tuple[Job, Model]:
         """RUNNING -> SUCCEEDED and register the tuned model with one endpoint per checkpoint, atomically."""
         model_id, ts = new_id(), now()
-        req = job.request
+        spec = job.spec
         with self._tx() as db:
             state = db.execute("SELECT state FROM jobs WHERE id = ?", (job.id,)).fetchone()["state"]
             states.check(state, states.SUCCEEDED)
             db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (model_id, job.project, job.location, job.id, req.get("tunedModelDisplayName"),
-                        req.get("description"), base_model, adapter_dir, json.dumps(checkpoints),
-                        json.dumps(req.get("labels") or {}), ts, ts))
+                       (model_id, job.project, job.location, job.id, spec.display_name, spec.description, base_model,
+                        adapter_dir, json.dumps(checkpoints), json.dumps(spec.labels), ts, ts))
             for checkpoint_id in [None] + [c["checkpointId"] for c in checkpoints]:
                 db.execute("INSERT INTO endpoints (id, project, location, model_id, checkpoint_id, create_time)"
                            " VALUES (?, ?, ?, ?, ?, ?)",

@@ -237,9 +237,9 @@ class Worker:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / RESULT_FILE).unlink(missing_ok=True)
-            write_json(run_dir / JOB_FILE, {"job": job.name, "config": job.request["_config"],
-                                            "evaluation": job.request.get("_evaluation"),
-                                            "workers": job.request.get("_workers", 1)})
+            spec = job.spec.to_json()
+            write_json(run_dir / JOB_FILE, {"job": job.name, "config": spec["tuning"], "evaluation": spec["evaluation"],
+                                            "workers": job.spec.workers})
             if self.executor.name == "local":  # its threads from its first step: fewer while generation runs
                 with self._share_lock:
                     threads.offer(run_dir / threads.SHARE_FILE, self._job_threads(len(self.children) + 1))

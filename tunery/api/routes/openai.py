@@ -16,13 +16,12 @@ from fastapi import APIRouter, Body, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 
 from tunery.api.errors import ApiError
-from tunery.api.routes import tuning
 from tunery.api.services import Services, Svc
 from tunery.api.wire import openai as wire
 from tunery.api.wire import openai_objects as objects
 from tunery.api.wire.common import int_field
 from tunery.data.validate import Report, validate
-from tunery.errors import ModelNotFoundError
+from tunery.errors import ModelNotFoundError, RequestError
 from tunery.jobs import child, states
 from tunery.jobs.store import File as StoredFile
 from tunery.jobs.store import Job
@@ -130,8 +129,8 @@ def delete_file(file_id: str, svc: Svc) -> dict:
     """A file a queued or running job still reads cannot go (the job would fail on resume)."""
     found = _file_or_404(svc, file_id)
     for job in svc.store.jobs_in(states.PENDING, states.RUNNING, states.CANCELLING):
-        oa = job.request.get("_openai") or {}
-        if file_id in (oa.get("training_file"), oa.get("validation_file")):
+        oa = job.spec.openai
+        if oa and file_id in (oa.training_file, oa.validation_file):
             raise ApiError(409, f"file_id: {file_id} is used by {objects.job_id(job)}, which has not ended")
     svc.store.delete_file(file_id)
     Path(found.path).unlink(missing_ok=True)
@@ -149,10 +148,8 @@ def create_fine_tuning_job(svc: Svc, body: Any = Body(...)) -> dict:
     req = wire.parse_create_job(body)
     train = _file_or_404(svc, req.training_file, "training_file", 400)
     val = _file_or_404(svc, req.validation_file, "validation_file", 400) if req.validation_file else None
-    extra = {"seed": req.seed} if req.seed is not None else {}
     try:
-        job = tuning.create_job(svc, PROJECT, LOCATION, wire.vertex_body(req, train.path, val.path if val else None),
-                                extra, wire.stored_fields(req))
+        job = svc.jobs.create(PROJECT, LOCATION, wire.job_request(req, train.path, val.path if val else None))
     except ModelNotFoundError as exc:
         raise ApiError(400, f"model: {req.model} is not available for fine-tuning: {exc.message}",
                        code="model_not_available") from exc
@@ -176,10 +173,12 @@ def retrieve_fine_tuning_job(job_id: str, svc: Svc) -> dict:
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
 def cancel_fine_tuning_job(job_id: str, svc: Svc) -> dict:
     job = _job_or_404(svc, job_id)
-    found = svc.store.request_cancel(job.id, {"code": 1, "message": "CANCELLED"})  # as the Vertex route does
-    if found in states.ENDED:
-        raise ApiError(400, f"fine_tuning_job_id: {job_id} has already ended ({objects.STATUS[found]})")
-    return _job_json(svc, svc.store.get_job(job.id))  # type: ignore[arg-type]
+    if job.state in states.ENDED:
+        raise ApiError(400, f"fine_tuning_job_id: {job_id} has already ended ({objects.STATUS[job.state]})")
+    try:
+        return _job_json(svc, svc.jobs.cancel(job.id))
+    except RequestError as exc:  # it ended meanwhile
+        raise ApiError(400, f"fine_tuning_job_id: {job_id} has already ended") from exc
 
 
 def _records(job: Job) -> list[dict]:

@@ -13,6 +13,7 @@ from tunery.api.errors import ApiError
 from tunery.api.wire.common import bool_field, float_field, int_field, object_field, str_field
 from tunery.api.wire.generation import MAX_CANDIDATES, MAX_OUTPUT_TOKENS
 from tunery.data.schema import Turn
+from tunery.jobs.spec import JobRequest, OpenAIFields
 from tunery.serve.generate import GenerationConfig, Prompt
 
 ORG = "tunery"  # the organization segment of ft: names and organization_id
@@ -166,10 +167,15 @@ def _hyperparameters(body: dict) -> tuple[dict, str]:
         if kind != "supervised":
             raise ApiError(400, f"method.type: expected \"supervised\", found {kind!r:.40} (tunery tunes supervised "
                                 "LoRA adapters)")
+        _known(method, ("type", "supervised"), "method.")
         supervised = object_field(method.get("supervised"), "method.supervised") or {}
+        _known(supervised, ("hyperparameters",), "method.supervised.")
         where = "method.supervised.hyperparameters"
-        return object_field(supervised.get("hyperparameters"), where) or {}, where
-    return object_field(body.get("hyperparameters"), "hyperparameters") or {}, "hyperparameters"
+    else:
+        where = "hyperparameters"
+    hp = object_field((supervised if method is not None else body).get("hyperparameters"), where) or {}
+    _known(hp, HP_FIELDS, f"{where}.")
+    return hp, where
 
 
 def _metadata(value: Any) -> dict[str, str] | None:
@@ -180,9 +186,22 @@ def _metadata(value: Any) -> dict[str, str] | None:
     return meta
 
 
+CREATE_FIELDS = ("model", "training_file", "validation_file", "hyperparameters", "method", "suffix", "seed",
+                 "metadata", "integrations")
+HP_FIELDS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+
+
+def _known(obj: dict, allowed: tuple[str, ...], where: str) -> None:
+    """Refuse a field OpenAI does not define (as its API does), with its path."""
+    for key in obj:
+        if key not in allowed:
+            raise ApiError(400, f"{where}{key}: unknown parameter; expected one of {', '.join(allowed)}")
+
+
 def parse_create_job(body: Any) -> CreateJob:
     """A fine-tuning job create request."""
     body = _body(body)
+    _known(body, CREATE_FIELDS, "")
     if body.get("integrations"):
         raise ApiError(400, "integrations: not supported by tunery (its metrics are in the job's events, the "
                             "console and the Vertex TensorBoard routes)")
@@ -199,29 +218,15 @@ def parse_create_job(body: Any) -> CreateJob:
                      suffix or None, int_field(body.get("seed"), "seed", 0, 2**31 - 1), _metadata(body.get("metadata")))
 
 
-def vertex_body(req: CreateJob, train_uri: str, validation_uri: str | None) -> dict:
-    """The Vertex TuningJob create body of an OpenAI request: the job goes through the one create path."""
-    hp: dict[str, Any] = {}
-    for key, value in (("epochCount", req.n_epochs), ("batchSize", req.batch_size),
-                       ("learningRateMultiplier", req.learning_rate_multiplier)):
-        if value is not None:
-            hp[key] = value
-    spec: dict[str, Any] = {"trainingDatasetUri": train_uri, "hyperParameters": hp}
-    if validation_uri:
-        spec["validationDatasetUri"] = validation_uri
-    body: dict[str, Any] = {"baseModel": req.model, "supervisedTuningSpec": spec}
-    if req.suffix:
-        body["tunedModelDisplayName"] = req.suffix
-    if req.metadata:
-        body["labels"] = req.metadata  # Vertex's name for the same thing: the Vertex view and the model show them
-    return body
-
-
-def stored_fields(req: CreateJob) -> dict:
-    """What the OpenAI view of the job needs beyond the Vertex request, stored by the server beside it (a client
-    cannot send these: the Vertex create refuses fields that start with "_")."""
-    return {"_openai": {"training_file": req.training_file, "validation_file": req.validation_file,
-                        "suffix": req.suffix, "seed": req.seed, "metadata": req.metadata}}
+def job_request(req: CreateJob, train_path: str, validation_path: str | None) -> JobRequest:
+    """The job service's request for an OpenAI one: the datasets are the uploaded files' paths."""
+    hp = {k: v for k, v in (("epochs", req.n_epochs), ("batch_size", req.batch_size),
+                            ("learning_rate_multiplier", req.learning_rate_multiplier), ("seed", req.seed))
+          if v is not None}
+    return JobRequest(door="openai", train=train_path, base_model=req.model, validation=validation_path,
+                      hyperparameters=hp, display_name=req.suffix,
+                      labels=dict(req.metadata or {}),  # Vertex's name for the same thing: the Vertex view shows them
+                      openai=OpenAIFields(req.training_file, req.validation_file, req.suffix, req.seed, req.metadata))
 
 
 # ---------------------------------------------------------------- model names

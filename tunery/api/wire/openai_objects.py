@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tunery.api.wire.openai import ORG, checkpoint_name, ft_name
-from tunery.config import DEFAULT_BATCH_SIZE
+from tunery.config import TuningConfig
 from tunery.jobs import states
 from tunery.jobs.store import File, Job, Model
 from tunery.serve.generate import Generation
@@ -41,14 +41,14 @@ def job_id(job: Job) -> str:
 
 def base_label(job: Job) -> str:
     """The base model as the client named it (its resolved registry name when it gave none)."""
-    return job.request.get("requestedBaseModel") or job.request.get("baseModel") or ""
+    return job.spec.requested_base_model or job.spec.base_model
 
 
 def tuned_name(job: Job) -> str | None:
     """The ft: name of a job's tuned model (None before it has one)."""
     if not job.model_id:
         return None
-    return ft_name(base_label(job), (job.request.get("_openai") or {}).get("suffix"), job.model_id)
+    return ft_name(base_label(job), job.spec.openai.suffix if job.spec.openai else None, job.model_id)
 
 
 def file_json(f: File) -> dict:
@@ -57,17 +57,16 @@ def file_json(f: File) -> dict:
             "purpose": f.purpose, "status": "processed", "status_details": None, "expires_at": None}
 
 
-def _hyperparameters(cfg: dict) -> dict:
+def _hyperparameters(tc: TuningConfig) -> dict:
     """The job's hyperparameters as OpenAI names them (defaults filled in)."""
-    return {"n_epochs": cfg.get("epochs") or "auto", "batch_size": cfg.get("batch_size", DEFAULT_BATCH_SIZE),
-            "learning_rate_multiplier": cfg.get("learning_rate_multiplier", 1.0)}
+    return {"n_epochs": tc.epochs or "auto", "batch_size": tc.batch_size,
+            "learning_rate_multiplier": tc.learning_rate_multiplier}
 
 
 def job_json(job: Job, model_name: str | None) -> dict:
     """A fine_tuning.job. Jobs created through the Vertex API name their dataset URIs where OpenAI names files."""
-    req, oa = job.request, job.request.get("_openai") or {}
-    spec, cfg = req.get("supervisedTuningSpec") or {}, req.get("_config") or {}
-    hp = _hyperparameters(cfg)
+    spec, oa = job.spec, job.spec.openai
+    hp = _hyperparameters(spec.tuning)
     error = None
     if job.state == states.FAILED and job.error:
         error = {"code": ERROR_CODES.get(job.error.get("code"), "internal_error"), "message": job.error.get("message", ""),
@@ -78,13 +77,13 @@ def job_json(job: Job, model_name: str | None) -> dict:
             "finished_at": unix(job.end_time) if job.state in states.ENDED else None, "hyperparameters": hp,
             "model": base_label(job), "organization_id": ORG,
             "result_files": [RESULTS_PREFIX + job.id] if done else [],
-            "seed": oa.get("seed") or cfg.get("seed", 0), "status": STATUS[job.state],
+            "seed": spec.tuning.seed, "status": STATUS[job.state],
             "trained_tokens": (job.stats or {}).get("totalBillableTokenCount") if done else None,
-            "training_file": oa.get("training_file") or spec.get("trainingDatasetUri"),
-            "validation_file": oa.get("validation_file") or spec.get("validationDatasetUri"),
-            "estimated_finish": None, "integrations": [], "metadata": oa.get("metadata") or req.get("labels") or None,
+            "training_file": oa.training_file if oa else spec.train_uri,
+            "validation_file": oa.validation_file if oa else spec.validation_uri,
+            "estimated_finish": None, "integrations": [], "metadata": spec.labels or None,
             "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
-            "user_provided_suffix": oa.get("suffix")}
+            "user_provided_suffix": oa.suffix if oa else None}
 
 
 RESULTS_PREFIX = "file-results-"  # a job's step metrics as a CSV "file", made from metrics.jsonl when asked for
@@ -130,11 +129,12 @@ def _step_message(m: dict, total: int | None) -> str:
 
 def events(job: Job, model: Model | None, model_name: str | None, records: list[dict]) -> list[dict]:
     """The job's events, oldest first: status messages, a metrics event per logged step, checkpoints, the end."""
-    prefix, oa = f"ftevent-{job.id}", job.request.get("_openai") or {}
+    prefix, oa = f"ftevent-{job.id}", job.spec.openai
     out = [_event(f"{prefix}-created", unix(job.create_time), f"Created fine-tuning job: {job_id(job)}")]
-    if oa.get("training_file"):
-        out.append(_event(f"{prefix}-validated", unix(job.create_time),
-                          f"Validated training file: {oa['training_file']}"))
+    out += [_event(f"{prefix}-warning-{i}", unix(job.create_time), text, "warn")
+            for i, text in enumerate(job.spec.warnings)]
+    if oa:
+        out.append(_event(f"{prefix}-validated", unix(job.create_time), f"Validated training file: {oa.training_file}"))
     if job.start_time:
         out.append(_event(f"{prefix}-started", unix(job.start_time), "Fine-tuning job started"))
     total = (job.stats or {}).get("tuningStepCount")

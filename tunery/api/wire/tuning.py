@@ -6,63 +6,77 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunery.api.errors import ApiError
-from dataclasses import dataclass
-
-from tunery.api.wire.common import _snake, bool_field, float_field, get, int_field, object_field, str_field
-from tunery.api.wire import metadata
 from tunery import config
+from tunery.api.errors import ApiError
+from tunery.api.wire import fields, metadata
+from tunery.api.wire.common import _snake, bool_field, float_field, get, int_field, object_field, str_field
+from tunery.jobs.spec import Evaluation, JobRequest, PreTuned
 from tunery.jobs.store import Endpoint, Job, Model
 
-ADAPTER_SIZES = {"ADAPTER_SIZE_ONE": 1, "ADAPTER_SIZE_TWO": 2, "ADAPTER_SIZE_FOUR": 4, "ADAPTER_SIZE_EIGHT": 8,
-                 "ADAPTER_SIZE_SIXTEEN": 16}
-ADAPTER_SIZE_NAMES = {v: k for k, v in ADAPTER_SIZES.items()}
+ADAPTER_SIZES, ADAPTER_SIZE_NAMES = fields.ADAPTER_SIZES, fields.ADAPTER_SIZE_NAMES
 OLD_SDK_ADAPTER_SIZES = {1: 1, 6: 2, 2: 4, 3: 8, 4: 16}  # proto enum numbers (google-cloud-aiplatform)
 
 
 MAX_WORKERS = 64  # data-parallel workers one job may ask for (`workers`, a tunery field)
-# Names the server stores beside a job's request. No Google API field starts with "_", and requestedBaseModel is not
-# a TuningJob field: a client that sends one is refused, so it cannot plant a value tunery trusts later.
-INTERNAL_FIELDS = ("requestedBaseModel",)
-OTHER_SPECS = ("preferenceOptimizationSpec", "distillationSpec", "reinforcementTuningSpec", "fullFineTuningSpec")
+# A TuningJob create body's fields, camelCase (snake_case is read too). Google's APIs refuse fields they do not
+# define; so does tunery. Of the fields Vertex defines, each is honoured, ignored (output only, as Google ignores
+# them on create), accepted with a warning on the job, or refused with the reason (docs/api.md lists each).
+HONOURED = ("baseModel", "supervisedTuningSpec", "tunedModelDisplayName", "description", "labels", "preTunedModel",
+            "workers")  # workers: tunery's own
+OUTPUT_ONLY = ("name", "state", "createTime", "startTime", "endTime", "updateTime", "error", "experiment",
+               "tunedModel", "tuningDataStats", "evaluateDatasetRuns", "tuningJobState", "tuningJobMetadata",
+               "pipelineJob", "satisfiesPzs", "satisfiesPzi")
+WARNED = {"serviceAccount": "serviceAccount is not used: tuning runs as the user that runs the tunery server"}
+REFUSED = {
+    "encryptionSpec": "tunery does not encrypt with customer-managed keys; its artifacts are files under the "
+                      "server's home (use disk encryption there), so remove encryptionSpec",
+    "outputUri": "tunery keeps a job's artifacts under the server's home (or --artifacts); remove outputUri",
+    "customBaseModel": "name a local model directory (under an --allow-path root) in baseModel instead",
+    "gcsMetricsUri": "tunery serves a job's metrics itself (the job's /metrics, the Experiments and TensorBoard "
+                     "routes); remove gcsMetricsUri",
+    **{k: "tunery supports supervised tuning only (supervisedTuningSpec)" for k in (
+        "preferenceOptimizationSpec", "distillationSpec", "reinforcementTuningSpec", "fullFineTuningSpec",
+        "partnerModelTuningSpec", "veoTuningSpec", "veoLoraTuningSpec", "distillationSamplingSpec")}}
+SPEC_FIELDS = ("trainingDatasetUri", "validationDatasetUri", "hyperParameters", "exportLastCheckpointOnly",
+               "tuningMode", "evaluationConfig")
+EVAL_FIELDS = ("metrics", "outputConfig", "autoraterConfig", "inferenceGenerationConfig", "datasetUri", "task", "limit")
+PRE_TUNED_FIELDS = ("tunedModelName", "checkpointId", "baseModel")
 
 
-@dataclass(frozen=True)
-class PreTunedModel:
-    model_id: str  # the tuned model to continue from
-    checkpoint_id: str | None
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(w[:1].upper() + w[1:] for w in rest)
 
 
-@dataclass(frozen=True)
-class CreateTuningJob:
-    """A tuningJobs.create request, every field's type checked once, here; ranges of hyperparameters too."""
-
-    base_model: str | None
-    pre_tuned: PreTunedModel | None
-    train_uri: str
-    validation_uri: str | None
-    hyperparameters: dict  # TuningConfig fields
-    export_last_checkpoint_only: bool
-    evaluation: dict | None  # see evaluation()
-    workers: int = 1  # tunery extension: data-parallel Ray Train workers (the ray executor)
+def known_fields(obj: dict, allowed: tuple[str, ...], where: str, kind: str) -> None:
+    """Refuse a field `allowed` does not name (either spelling), with its path."""
+    for key in obj:
+        if not isinstance(key, str) or _camel(key) not in allowed:
+            raise ApiError(400, f"{where}{key!s:.100}: unknown field of {kind}; expected one of {', '.join(allowed)}")
 
 
-def parse_create(body: Any) -> CreateTuningJob:
+def parse_create(body: Any, door: str = "vertex") -> JobRequest:
+    """A tuningJobs.create body as a JobRequest: every field's type and range checked once, here; a field the
+    API does not define refused."""
     if not isinstance(body, dict):
         raise ApiError(400, f"request body: expected a TuningJob object, found {type(body).__name__}")
+    warnings = []
     for key in body:
-        if key.startswith("_") or key in INTERNAL_FIELDS:
-            raise ApiError(400, f"{key}: unknown field of TuningJob (the server sets it)")
-    for key in OTHER_SPECS:
-        if get(body, key):
-            raise ApiError(400, f"{key}: tunery supports supervised tuning only (supervisedTuningSpec)")
+        name = _camel(key) if isinstance(key, str) else key
+        if name in REFUSED and get(body, name) not in (None, {}, ""):
+            raise ApiError(400, f"{name}: {REFUSED[name]}")
+        if name in WARNED:
+            warnings.append(WARNED[name])
+        elif name not in HONOURED and name not in OUTPUT_ONLY and name not in REFUSED:
+            raise ApiError(400, f"{key!s:.100}: unknown field of TuningJob; expected one of {', '.join(HONOURED)}")
     for key in ("tunedModelDisplayName", "description"):
         str_field(get(body, key), key, 1024 if key == "description" else 128)
     labels = object_field(get(body, "labels"), "labels") or {}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()) or len(labels) > 64:
         raise ApiError(400, "labels: expected at most 64 string keys with string values")
-    spec = object_field(get(body, "supervisedTuningSpec"), "supervisedTuningSpec")
+    spec = object_field(get(body, "supervisedTuningSpec"), "supervisedTuningSpec") or {}
     where = "supervisedTuningSpec"
+    known_fields(spec, SPEC_FIELDS, f"{where}.", "SupervisedTuningSpec")
     train = str_field(get(spec, "trainingDatasetUri"), f"{where}.trainingDatasetUri")
     if not train:
         raise ApiError(400, f"{where}.trainingDatasetUri: required (the training dataset's path or URI)")
@@ -70,19 +84,25 @@ def parse_create(body: Any) -> CreateTuningJob:
     pre = object_field(get(body, "preTunedModel"), "preTunedModel")
     pre_tuned = None
     if pre:
+        known_fields(pre, PRE_TUNED_FIELDS, "preTunedModel.", "PreTunedModel")
         name = str_field(get(pre, "tunedModelName"), "preTunedModel.tunedModelName", 512)
         if not name:
             raise ApiError(400, "preTunedModel.tunedModelName: required (projects/P/locations/L/models/ID)")
-        pre_tuned = PreTunedModel(name.rsplit("/", 1)[-1].split("@")[0],
-                                  str_field(get(pre, "checkpointId"), "preTunedModel.checkpointId", 32))
+        pre_tuned = PreTuned(name.rsplit("/", 1)[-1].split("@")[0],
+                             str_field(get(pre, "checkpointId"), "preTunedModel.checkpointId", 32))
     base = str_field(get(body, "baseModel"), "baseModel", 512)
     if not base and pre_tuned is None:
         raise ApiError(400, "baseModel: required (or preTunedModel to continue from a tuned model)")
-    return CreateTuningJob(base, pre_tuned, train,
-                           str_field(get(spec, "validationDatasetUri"), f"{where}.validationDatasetUri") or None,
-                           hyperparameters(spec), bool_field(get(spec, "exportLastCheckpointOnly"),
-                                                             f"{where}.exportLastCheckpointOnly"), evaluation(spec),
-                           int_field(get(body, "workers"), "workers", 1, MAX_WORKERS) or 1)
+    hp = hyperparameters(spec)
+    if get(spec, "exportLastCheckpointOnly") is not None:
+        hp["export_last_checkpoint_only"] = bool_field(get(spec, "exportLastCheckpointOnly"),
+                                                       f"{where}.exportLastCheckpointOnly")
+    return JobRequest(door=door, train=train, base_model=None if pre_tuned else base,
+                      validation=str_field(get(spec, "validationDatasetUri"), f"{where}.validationDatasetUri") or None,
+                      hyperparameters=hp, evaluation=evaluation(spec),
+                      workers=int_field(get(body, "workers"), "workers", 1, MAX_WORKERS) or 1, pre_tuned=pre_tuned,
+                      display_name=get(body, "tunedModelDisplayName"), description=get(body, "description"),
+                      labels=labels, warnings=tuple(warnings))
 
 
 def adapter_size(value: Any, field: str) -> int | None:
@@ -156,7 +176,7 @@ def hyperparameters(spec: dict) -> dict:
 EVAL_TASKS = ("summarization", "qa", "classification", "generation")
 
 
-def evaluation(spec: dict) -> dict | None:
+def evaluation(spec: dict) -> Evaluation | None:
     """The after-tuning evaluation from supervisedTuningSpec.evaluationConfig, or None. Vertex's `metrics`,
     `outputConfig` and `autoraterConfig` are accepted and not used: tunery computes the seeds' metrics for the task.
     `inferenceGenerationConfig` sets decoding. tunery's own fields (docs/api.md): `datasetUri` (default: the
@@ -166,16 +186,19 @@ def evaluation(spec: dict) -> dict | None:
     ec = object_field(get(spec, "evaluationConfig"), where)
     if ec is None:
         return None
+    known_fields(ec, EVAL_FIELDS, f"{where}.", "EvaluationConfig")
     task = str_field(get(ec, "task"), f"{where}.task", 64) or _task_of_metrics(get(ec, "metrics"))
     if task is not None and task not in EVAL_TASKS:
         raise ApiError(400, f"{where}.task: expected one of {', '.join(EVAL_TASKS)}, found {task!r}")
     gen = object_field(get(ec, "inferenceGenerationConfig"), f"{where}.inferenceGenerationConfig") or {}
     temperature = get(gen, "temperature")
-    return {"dataset": str_field(get(ec, "datasetUri"), f"{where}.datasetUri"), "task": task,
-            "limit": int_field(get(ec, "limit"), f"{where}.limit", 1, 100_000) or 100,
-            "max_output_tokens": int_field(get(gen, "maxOutputTokens"), f"{where}.inferenceGenerationConfig.maxOutputTokens",
-                                      1, 8192) or 256,
-            "temperature": 0.0 if temperature is None else _float_or_zero(temperature, f"{where}.inferenceGenerationConfig.temperature")}
+    return Evaluation(
+        dataset=str_field(get(ec, "datasetUri"), f"{where}.datasetUri"), task=task,
+        limit=int_field(get(ec, "limit"), f"{where}.limit", 1, 100_000) or 100,
+        max_output_tokens=int_field(get(gen, "maxOutputTokens"), f"{where}.inferenceGenerationConfig.maxOutputTokens",
+                                    1, 8192) or 256,
+        temperature=0.0 if temperature is None else _float_or_zero(temperature,
+                                                                   f"{where}.inferenceGenerationConfig.temperature"))
 
 
 def _task_of_metrics(metrics: Any) -> str | None:
@@ -205,21 +228,47 @@ def evaluate_dataset_runs(job: Job, status: dict | None) -> list[dict] | None:
 
 # ---------------------------------------------------------------- responses
 
+def _spec_json(job: Job) -> dict:
+    """supervisedTuningSpec as the job runs it: the datasets as the client named them, every hyperparameter
+    Vertex defines (resolved), and tunery's own where the client set them."""
+    spec, tc = job.spec, job.spec.tuning
+    hp: dict[str, Any] = {"learningRateMultiplier": tc.learning_rate_multiplier,
+                          "adapterSize": ADAPTER_SIZE_NAMES[tc.adapter_size]}
+    if tc.epochs is not None:
+        hp["epochCount"] = str(tc.epochs)
+    sent = spec.sent()
+    for key, value in sent.items():  # the rest only where the client set them (older SDKs do not know them all)
+        if key in ("batch_size", "early_stopping_patience", "max_length", "learning_rate", "lora_alpha"):
+            hp[fields.HP_VERTEX[key]] = str(value) if isinstance(value, int) else value
+        elif key in ("lora_targets", "lr_schedule"):
+            hp[fields.HP_VERTEX[key]] = enum_name(value)
+    out: dict[str, Any] = {"trainingDatasetUri": spec.train_uri, "hyperParameters": hp}
+    if "export_last_checkpoint_only" in sent:
+        out["exportLastCheckpointOnly"] = tc.export_last_checkpoint_only
+    if spec.validation_uri:
+        out["validationDatasetUri"] = spec.validation_uri
+    if ev := spec.evaluation:
+        out["evaluationConfig"] = {"datasetUri": ev.dataset, "limit": ev.limit,
+                                   "inferenceGenerationConfig": {"maxOutputTokens": ev.max_output_tokens,
+                                                                 "temperature": ev.temperature},
+                                   **({"task": ev.task} if ev.task else {})}
+    return out
+
+
 def job_json(job: Job, model: Model | None, endpoints: list[Endpoint], evaluation_status: dict | None = None) -> dict:
-    req = job.request
-    out: dict[str, Any] = {"name": job.name, "state": job.state, "createTime": job.create_time, "updateTime": job.update_time}
-    for key in ("tunedModelDisplayName", "description", "labels", "baseModel", "preTunedModel"):
-        if req.get(key) is not None:
-            out[key] = req[key]
-    spec = dict(req.get("supervisedTuningSpec") or {})
-    cfg = req.get("_config", {})
-    hp = dict(spec.get("hyperParameters") or {})
-    if "epochs" in cfg and cfg["epochs"] is not None:
-        hp["epochCount"] = str(cfg["epochs"])
-    hp["adapterSize"] = ADAPTER_SIZE_NAMES[cfg.get("adapter_size") or config.DEFAULT_ADAPTER_SIZE]
-    hp.setdefault("learningRateMultiplier", cfg.get("learning_rate_multiplier", 1.0))
-    spec["hyperParameters"] = hp
-    out["supervisedTuningSpec"] = spec
+    spec = job.spec
+    out: dict[str, Any] = {"name": job.name, "state": job.state, "createTime": job.create_time,
+                           "updateTime": job.update_time, "baseModel": spec.base_model,
+                           "supervisedTuningSpec": _spec_json(job)}
+    for key, value in (("tunedModelDisplayName", spec.display_name), ("description", spec.description),
+                       ("labels", spec.labels or None)):
+        if value is not None:
+            out[key] = value
+    if spec.pre_tuned:
+        out["preTunedModel"] = {"tunedModelName": f"projects/{job.project}/locations/{job.location}/models/"
+                                                  f"{spec.pre_tuned.model_id}@1",  # tuned models have one version
+                                **({"checkpointId": spec.pre_tuned.checkpoint_id} if spec.pre_tuned.checkpoint_id
+                                   else {}), "baseModel": spec.base_model}
     if job.start_time:
         out["startTime"] = job.start_time
     if job.end_time:
