@@ -333,7 +333,7 @@ def test_the_advanced_settings_reach_the_job(page, server, home):
     httpx.post(f"{server}/v1/{job['name']}:cancel")
     hp = job["supervisedTuningSpec"]["hyperParameters"]
     assert {k: hp[k] for k in ("loraAlpha", "loraTargets", "learningRateSchedule", "maxLength", "earlyStoppingPatience")} \
-        == {"loraAlpha": "8", "loraTargets": "ATTENTION", "learningRateSchedule": "COSINE", "maxLength": "256",
+        == {"loraAlpha": 8.0, "loraTargets": "ATTENTION", "learningRateSchedule": "COSINE", "maxLength": "256",
             "earlyStoppingPatience": "2"}
 
 
@@ -341,7 +341,7 @@ def test_other_forms_and_pages_reject_bad_input_in_words(page, server, home):
     _insert_job(home, "4343", "JOB_STATE_CANCELLED", {"code": 1, "message": "CANCELED"})
     ended = "4343"
     page.goto("/console")
-    cases = [("/console/jobs/999/cancel", {}, 404, "tuning job '999' not found"),
+    cases = [("/console/jobs/999/cancel", {}, 404, "tuning job 999 not found"),
              (f"/console/jobs/{ended}/cancel", {}, 400, "has already ended"),
              ("/console/models/999/delete", {}, 404, "tuned model '999' not found"),
              ("/console/endpoints/999/undeploy", {}, 404, "endpoint '999' not found"),

@@ -258,3 +258,67 @@ def test_zz_the_fuzzers_sent_thousands_and_the_stored_data_is_untouched(world):
     job = client.get(f"/v1beta1/{P}/tuningJobs/{ids['job_id']}").json()
     assert job == before["job"] and job["state"] == "JOB_STATE_SUCCEEDED"
     print(f"fuzz: {len(SENT)} requests, statuses {sorted(set(SENT))}")
+
+
+PLANTED = st.sampled_from(["_config", "_evaluation", "_openai", "_workers", "_anything", "requestedBaseModel", "spec",
+                           "door", "tuning", "explicit", "init_adapter", "evaluation", "initAdapter", "train",
+                           "datasetPath", "output"])
+PLANTED_VALUES = st.one_of(values, st.just({"dataset": "/etc/passwd", "limit": 5, "task": "generation"}),
+                           st.just({"train": "/etc/passwd"}), st.just("/etc/passwd"), st.just(64))
+
+
+def _dict_paths(value, prefix=()) -> list[tuple]:
+    """The paths of every object in a body where a field can be planted (labels and metadata are the client's
+    own maps: any key is theirs to choose)."""
+    found = [prefix] if isinstance(value, dict) and prefix[-1:] not in (("labels",), ("metadata",)) else []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found += _dict_paths(v, prefix + (k,))
+    return found
+
+
+@seed(SEED)
+@settings(max_examples=EXAMPLES // 2, deadline=None, derandomize=False, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_planted_internal_and_unknown_fields_never_reach_the_store(world, data):
+    """A create body, valid but for one field the API does not define (an internal name, or any other) planted at
+    any depth, is a 400 on either API; the jobs stored stay the ones stored, every dataset they read under the roots."""
+    live, client, ids, _ = world
+    train = str(live.home / "data" / "train.jsonl")
+    path = data.draw(st.sampled_from([f"/v1beta1/{P}/tuningJobs", "/v1/fine_tuning/jobs"]))
+    body = seed_body(path, ids)
+    if path.endswith("tuningJobs"):
+        body["supervisedTuningSpec"]["trainingDatasetUri"] = train
+    where = data.draw(st.sampled_from(_dict_paths(body)))
+    target = body
+    for key in where:
+        target = target[key]
+    target[data.draw(PLANTED)] = data.draw(PLANTED_VALUES)
+    started = time.monotonic()
+    r = client.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    check(r, time.monotonic() - started, (path, body))
+    assert r.status_code == 400 and "unknown" in r.json()["error"]["message"], (body, r.text[:300])
+    jobs, _ = live.services.store.jobs_after(1000)
+    roots = [str(root) for root in live.settings.allowed_roots]
+    for job in jobs:
+        spec = job.spec
+        for dataset in (spec.tuning.train, spec.tuning.validation, spec.evaluation and spec.evaluation.dataset):
+            assert not dataset or any(dataset.startswith(root) for root in roots), (job.id, dataset)
+
+
+@seed(SEED)
+@settings(max_examples=EXAMPLES // 4, deadline=None, derandomize=False, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_foreign_host_headers_are_refused_on_every_route(world, data):
+    """DNS rebinding: a request whose Host names another site gets a 400 in the API's shape, on every route."""
+    live, client, ids, _ = world
+    method, path = data.draw(st.sampled_from(routes(live.app) + [("GET", "/console"), ("GET", "/console/new")]))
+    url = concrete(path, ids, random.Random(data.draw(st.integers(0, 2**32))), "x", method)
+    host = data.draw(st.sampled_from(["evil.example", "evil.example:8080", "127.0.0.1.evil.example", "attacker.test",
+                                      "localhost.evil.example", "[::2]", "10.0.0.1"]))
+    started = time.monotonic()
+    r = client.request(method, url, headers={"host": host})
+    check(r, time.monotonic() - started, (method, url, host))
+    assert r.status_code == 400 and "is not this server's" in r.json()["error"]["message"], (url, host, r.text[:200])

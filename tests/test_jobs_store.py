@@ -94,3 +94,44 @@ def test_reopening_keeps_everything_and_does_not_remigrate(tmp_path):
     assert again.get_job(job.id).spec == job_spec("data.jsonl", epochs=3)
     assert again._db().execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert again._db().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_rows_stored_as_request_bodies_migrate_to_typed_specs(tmp_path):
+    """A tunery.db from before m005 (each job the client's body with the server's fields beside it, including
+    values a client could plant before create refused them) opens with every job as a JobSpec, lists still work."""
+    import json
+    import sqlite3
+
+    from tunery.jobs import migrations
+
+    db = sqlite3.connect(tmp_path / "tunery.db", isolation_level=None)
+    for number, fn in enumerate(migrations.MIGRATIONS[:4], start=1):
+        fn(db)
+        db.execute(f"PRAGMA user_version = {number}")
+    old = {"baseModel": "smollm2-135m-instruct", "requestedBaseModel": "gemini-2.0-flash-001",
+           "tunedModelDisplayName": "alerts", "labels": {"team": "sre"},
+           "supervisedTuningSpec": {"trainingDatasetUri": "gs://b/t.jsonl", "hyperParameters": {"epochCount": 3}},
+           "_config": {"train": "gs://b/t.jsonl", "epochs": 3, "adapter_size": 8, "lora_alpha": 16.0,
+                       "base_model": "smollm2-135m-instruct"},
+           "_evaluation": {"dataset": "/data/v.jsonl", "task": "qa", "limit": 5, "max_output_tokens": 8,
+                           "temperature": 0.0}, "_workers": 2,
+           "_openai": {"training_file": "file-1", "validation_file": None, "suffix": "s", "seed": 7, "metadata": None}}
+    planted = {"baseModel": "smollm2-135m-instruct", "requestedBaseModel": ["a list"], "_openai": "not an object",
+               "_workers": "64", "supervisedTuningSpec": {"trainingDatasetUri": "t.jsonl"}, "_config": {"train": "t.jsonl"}}
+    for job_id, body in (("1", old), ("2", planted)):
+        db.execute("INSERT INTO jobs (id, project, location, state, request, create_time, update_time, run_dir) VALUES"
+                   " (?, 'p', 'l', 'JOB_STATE_PENDING', ?, '2026-01-01T00:00:0" + job_id + ".000000Z', 't', 'r')",
+                   (job_id, json.dumps(body)))
+    db.close()
+    store = Store(tmp_path / "tunery.db")
+    first, second = store.get_job("1").spec, store.get_job("2").spec
+    assert (first.door, first.base_model, first.requested_base_model, first.display_name, first.labels) == (
+        "openai", "smollm2-135m-instruct", "gemini-2.0-flash-001", "alerts", {"team": "sre"})
+    assert (first.tuning.train, first.tuning.epochs, first.tuning.adapter_size, first.tuning.lora_alpha) == (
+        "gs://b/t.jsonl", 3, 8, 16.0)
+    assert first.explicit == ("epochs",) and first.workers == 2 and first.train_uri == "gs://b/t.jsonl"
+    assert first.evaluation.dataset == "/data/v.jsonl" and first.evaluation.limit == 5
+    assert first.openai.training_file == "file-1" and first.openai.seed == 7
+    assert (second.door, second.requested_base_model, second.openai, second.workers) == ("vertex", None, None, 1)
+    assert [j.id for j in store.list_jobs("p", "l", 10, 0)[0]] == ["2", "1"]
+    assert "request" not in {r[1] for r in store._db().execute("PRAGMA table_info(jobs)")}

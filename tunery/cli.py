@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -19,10 +18,8 @@ from tunery.config import BASE_LEARNING_RATE, DEFAULT_ADAPTER_SIZE, DEFAULT_BATC
 from tunery.data.formats import WRITERS, Columns, parse
 from tunery.data.jsonl import read_records
 from tunery.data.validate import DEFAULT_MAX_ISSUES, Limits, Report, validate
+from tunery.cli_output import err, out
 from tunery.errors import TuneryError
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class _Group(click.Group):

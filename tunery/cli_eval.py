@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from tunery.cli_output import out
 from tunery.errors import TuneryError
 
 TASK = click.Choice(["summarization", "qa", "classification", "generation"])
@@ -32,7 +33,6 @@ def _eval_options(f):
 
 
 def _finish(report: dict, as_json: bool, report_path: str | None) -> None:
-    from tunery.cli import out
     from tunery.eval import report as rp
 
     if report_path:
@@ -110,7 +110,6 @@ def metrics_cmd(job_or_run, plot_path, as_json, server, api_key):
     """Loss and token-accuracy curves of a run directory or a server's tuning job.
 
     Example: tunery metrics out/run --plot curves.html"""
-    from tunery.cli import out
     from tunery.eval import report as rp
 
     if Path(job_or_run).is_dir():
@@ -154,6 +153,5 @@ def jobs_report_cmd(job, html_path, as_json, server, api_key):
         Path(html_path).write_text(c.call_text("GET", path, params={"format": "html"}))
     _finish(report, as_json, None)
     if html_path and not as_json:
-        from tunery.cli import out
 
         out.print(f"report: {Path(html_path).resolve()}")

@@ -115,8 +115,9 @@ def _body(form: dict) -> dict:
           "adapterSize": form["adapter_size"], "batchSize": form["batch_size"], "loraAlpha": form["lora_alpha"],
           "loraTargets": form["lora_targets"], "learningRateSchedule": form["lr_schedule"], "maxLength": form["max_length"],
           "earlyStoppingPatience": form["early_stopping"]}
-    spec: dict = {"trainingDatasetUri": form["train_path"], "hyperParameters": {k: v.strip() for k, v in hp.items() if v.strip()},
-                  "exportLastCheckpointOnly": bool(form["export_last_only"])}
+    spec: dict = {"trainingDatasetUri": form["train_path"], "hyperParameters": {k: v.strip() for k, v in hp.items() if v.strip()}}
+    if form["export_last_only"]:
+        spec["exportLastCheckpointOnly"] = True
     if form["validation_path"]:
         spec["validationDatasetUri"] = form["validation_path"]
     if form["eval_enabled"]:

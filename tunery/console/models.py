@@ -9,8 +9,6 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from tunery.api.errors import ApiError
-from tunery.api.routes import endpoints as endpoint_routes
-from tunery.api.routes import tuning
 from tunery.console.common import csrf, page_errors, render, svc
 from tunery.jobs import states
 from tunery.jobs.store import Endpoint, Model
@@ -72,7 +70,7 @@ def confirm_delete(request: Request, model_id: str) -> HTMLResponse:
 def delete(request: Request, model_id: str, csrf_token: str | None = Form(None, alias="csrf")) -> RedirectResponse:
     session = csrf(request, csrf_token)
     model = model_or_error(request, model_id)
-    tuning.delete_model(model.project, model.location, model.id, svc(request))
+    svc(request).jobs.delete_model(model.id)
     session.flash = f"Deleted model {model.display_name or model.id}, its endpoints and its files."
     return RedirectResponse("/console/models", status_code=303)
 
@@ -109,8 +107,8 @@ def endpoint_action(request: Request, endpoint_id: str, action: str,
         raise ApiError(404, f"no such endpoint action {action!r}: expected undeploy or delete")
     ep, model = _endpoint(request, endpoint_id)
     if ep.deployed:
-        endpoint_routes.undeploy_model(ep.project, ep.location, ep.id, svc(request), {"deployedModelId": model.id})
+        svc(request).jobs.undeploy_endpoint(ep.id)
     if action == "delete":
-        endpoint_routes.delete_endpoint(ep.project, ep.location, ep.id, svc(request))
+        svc(request).jobs.delete_endpoint(ep.id)
     session.flash = f"{'Undeployed' if action == 'undeploy' else 'Deleted'} endpoint {ep.id}; the tuned model stays."
     return RedirectResponse(f"/console/models/{model.id}", status_code=303)

@@ -1,14 +1,14 @@
 """The playground: a base model, a tuned model or a checkpoint (two side by side), answers streamed as they are
-generated. Generation goes through the REST routes' own functions, so the stream is Vertex's SSE."""
+generated. Generation goes through the same calls as the REST routes (tunery/api/serving.py), so the stream is
+Vertex's SSE."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import HTMLResponse, Response
 
-from tunery import models
 from tunery.api.errors import ApiError
-from tunery.api.routes import generation
+from tunery.api.serving import call
 from tunery.console.common import csrf, json_errors, page_errors, render, svc
 from tunery.console.create import base_choices
 from tunery.console.models import all_models
@@ -67,15 +67,8 @@ def generate(request: Request, body: dict = Body(...)) -> Response:
     if isinstance(body.get("system"), str) and body["system"].strip():
         request_body["systemInstruction"] = {"parts": [{"text": body["system"]}]}
     kind, _, name = target.partition(":")
-    method = "streamGenerateContent"
-    if kind == "base" and name:
-        return generation.call(svc(request), method, generation.base_target(svc(request), name), request_body)
-    if kind == "endpoint" and name:
-        return generation.call(svc(request), method, generation.endpoint_target(svc(request), name), request_body)
-    if kind == "model" and name:
-        model = svc(request).store.get_model(name)
-        if model is None:
-            raise ApiError(404, f"Model: tuned model {name!r} not found (it may have been deleted)")
-        target_ = models.resolve(model.base_model), model.adapter_dir, f"{model.name}@1"
-        return generation.call(svc(request), method, target_, request_body)
-    raise ApiError(400, f"Model: expected base:NAME, model:ID or endpoint:ID, found {target!r}")
+    jobs = svc(request).jobs
+    resolve = {"base": jobs.base_target, "endpoint": jobs.endpoint_target, "model": jobs.model_target}.get(kind)
+    if resolve is None or not name:
+        raise ApiError(400, f"Model: expected base:NAME, model:ID or endpoint:ID, found {target!r}")
+    return call(svc(request), "streamGenerateContent", resolve(name), request_body)

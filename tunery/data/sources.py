@@ -42,11 +42,11 @@ def resolve(uri: str, field: str, allowed_roots: list[Path], allow_http: bool,
     if scheme not in ("", "file"):
         raise RequestError(field, f"unsupported scheme {scheme}://; use a local path, file://, gs:// or s3://")
     raw = unquote(parsed.path) if scheme == "file" else uri
-    if raw.startswith("~") and Path(raw).expanduser() == Path(raw):
+    if raw.startswith("~") and os.path.expanduser(raw) == raw:  # ~user of no such user: not a path in the cwd
         raise RequestError(field, f"{raw}: no such user's home directory")
     try:
-        path = Path(os.path.realpath(Path(raw).expanduser()))
-    except (RuntimeError, ValueError) as exc:  # ~user of a user without a home; a NUL byte
+        path = Path(os.path.realpath(os.path.expanduser(raw)))
+    except ValueError as exc:  # a NUL byte
         raise RequestError(field, f"{raw!r:.200}: not a usable path ({exc})") from exc
     if not any(path == root or root in path.parents for root in allowed_roots):
         roots = ", ".join(str(r) for r in allowed_roots)

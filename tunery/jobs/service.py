@@ -14,10 +14,19 @@ from tunery import models
 from tunery.config import TuningConfig
 from tunery.data import sources
 from tunery.data.validate import Limits, validate
-from tunery.errors import ConfigError, DatasetError, RequestError
+from tunery.errors import ConfigError, DatasetError, ModelNotFoundError, RequestError
 from tunery.jobs import states
 from tunery.jobs.spec import Evaluation, JobRequest, JobSpec
-from tunery.jobs.store import Job, Model, Store
+from tunery.jobs.store import Endpoint, Job, Model, Store
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a generate call runs: a base model, and the adapter on it (None: the base alone)."""
+
+    base: models.BaseModelSpec
+    adapter: str | None
+    version: str  # the name answers carry as modelVersion
 
 
 @dataclass(frozen=True)
@@ -172,6 +181,53 @@ class JobService:
         if model is None or (project is not None and (model.project, model.location) != (project, location)):
             raise RequestError(field, f"tuned model {model_id} not found", status="NOT_FOUND")
         return model
+
+    # ---------------------------------------------------------------- endpoints and generation targets
+
+    def endpoint(self, endpoint_id: str, project: str | None = None, location: str | None = None
+                 ) -> tuple[Endpoint, Model]:
+        ep = self.store.get_endpoint(endpoint_id)
+        model = self.store.get_model(ep.model_id) if ep else None
+        if ep is None or model is None or (project is not None and (ep.project, ep.location) != (project, location)):
+            where = f"projects/{project}/locations/{location}/" if project is not None else ""
+            raise RequestError("", f"endpoint {where}endpoints/{endpoint_id:.40} not found (it, or its model, may "
+                                   "have been deleted)", status="NOT_FOUND")
+        return ep, model
+
+    def undeploy_endpoint(self, endpoint_id: str, project: str | None = None, location: str | None = None) -> None:
+        """The endpoint stays and serves nothing; the tuned model stays (callable by model name)."""
+        ep, _ = self.endpoint(endpoint_id, project, location)
+        self.store.undeploy_endpoint(ep.id)
+
+    def delete_endpoint(self, endpoint_id: str, project: str | None = None, location: str | None = None) -> None:
+        """Vertex refuses to delete an endpoint with a deployed model (undeploy first, as `delete(force=True)` does)."""
+        ep, model = self.endpoint(endpoint_id, project, location)
+        if ep.deployed:
+            raise RequestError("", f"endpoint {ep.name} still has deployed model {model.id}: undeploy it first "
+                                   "(endpoint.delete(force=True) does)", status="FAILED_PRECONDITION")
+        self.store.delete_endpoint(ep.id)
+
+    def endpoint_target(self, endpoint_id: str, project: str | None = None, location: str | None = None) -> Target:
+        ep, model = self.endpoint(endpoint_id, project, location)
+        if not ep.deployed:
+            raise RequestError("", f"endpoint {endpoint_id} has no deployed model (it was undeployed); the tuned "
+                                   f"model {model.name} is still there: call it by model name, or tune again",
+                               status="FAILED_PRECONDITION")
+        paths = {c["checkpointId"]: c["path"] for c in model.checkpoints}
+        adapter = paths[ep.checkpoint_id] if ep.checkpoint_id else model.adapter_dir
+        return Target(models.resolve(model.base_model), adapter, f"{model.name}@1")
+
+    def model_target(self, model_id: str, project: str | None = None, location: str | None = None) -> Target:
+        """A tuned model by name serves its final adapter whether or not an endpoint is deployed."""
+        model = self.tuned_model(model_id, project, location)
+        return Target(models.resolve(model.base_model), model.adapter_dir, f"{model.name}@1")
+
+    def base_target(self, name: str) -> Target:
+        try:
+            spec = models.resolve_allowed(name, list(self.policy.allowed_roots))
+        except ModelNotFoundError as exc:
+            raise RequestError("", f"publisher model {name} not found: {exc.message}", status="NOT_FOUND") from exc
+        return Target(spec, None, spec.name)
 
     def delete_model(self, model_id: str, project: str | None = None, location: str | None = None) -> None:
         """Vertex cannot delete tuned models; tunery can: rows, loaded adapters and files go."""

@@ -10,18 +10,9 @@ from tunery.api.errors import ApiError
 from tunery.api.services import Services, Svc
 from tunery.api.wire import endpoints as we
 from tunery.api.wire.common import page
-from tunery.jobs.store import Endpoint, Model
 
 router = APIRouter()
 PLACE = "/projects/{project}/locations/{location}"
-
-
-def _endpoint(svc: Services, project: str, location: str, endpoint_id: str) -> tuple[Endpoint, Model]:
-    ep = svc.store.get_endpoint(endpoint_id)
-    model = svc.store.get_model(ep.model_id) if ep else None
-    if ep is None or model is None or (ep.project, ep.location) != (project, location):
-        raise ApiError(404, f"endpoint projects/{project}/locations/{location}/endpoints/{endpoint_id:.40} not found")
-    return ep, model
 
 
 def _operation(svc: Services, project: str, location: str, response_type: str) -> dict:
@@ -43,26 +34,22 @@ def list_endpoints(project: str, location: str, svc: Svc, pageSize: int | None =
 
 @router.get(PLACE + "/endpoints/{endpoint_id}")
 def get_endpoint(project: str, location: str, endpoint_id: str, svc: Svc) -> dict:
-    return we.endpoint_json(*_endpoint(svc, project, location, endpoint_id))
+    return we.endpoint_json(*svc.jobs.endpoint(endpoint_id, project, location))
 
 
 @router.post(PLACE + "/endpoints/{endpoint_id}:undeployModel")
 def undeploy_model(project: str, location: str, endpoint_id: str, svc: Svc, body: Any = Body(...)) -> dict:
     """The endpoint stays and serves nothing; the tuned model stays (callable by model name)."""
-    ep, model = _endpoint(svc, project, location, endpoint_id)
+    ep, model = svc.jobs.endpoint(endpoint_id, project, location)
     we.deployed_model_id(body, ep, model)
-    svc.store.undeploy_endpoint(ep.id)
+    svc.jobs.undeploy_endpoint(ep.id)
     return _operation(svc, project, location, we.UNDEPLOY_RESPONSE)
 
 
 @router.delete(PLACE + "/endpoints/{endpoint_id}")
 def delete_endpoint(project: str, location: str, endpoint_id: str, svc: Svc) -> dict:
     """Vertex refuses to delete an endpoint with a deployed model (undeploy first, as `delete(force=True)` does)."""
-    ep, model = _endpoint(svc, project, location, endpoint_id)
-    if ep.deployed:
-        raise ApiError(400, f"endpoint {ep.name} still has deployed model {model.id}: undeploy it first "
-                            "(endpoint.delete(force=True) does)", "FAILED_PRECONDITION")
-    svc.store.delete_endpoint(ep.id)
+    svc.jobs.delete_endpoint(endpoint_id, project, location)
     return _operation(svc, project, location, we.EMPTY)
 
 

@@ -15,8 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from tunery import models
 from tunery.api.errors import ApiError, openai_body
-from tunery.api.routes import tuning
-from tunery.api.routes.generation import fit_context
+from tunery.api.serving import fit_context
 from tunery.api.services import Services, Svc
 from tunery.api.wire import openai as wire
 from tunery.api.wire import openai_objects as objects
@@ -161,5 +160,5 @@ def delete_model(model: str, svc: Svc) -> dict:
         raise ApiError(400, f"model: only a fine-tuned model (not a base model or a checkpoint) can be deleted, "
                             f"found {model!r:.200}")
     found = tuned[0]
-    tuning.delete_model(found.project, found.location, found.id, svc)
+    svc.jobs.delete_model(found.id)
     return {"id": model, "object": "model", "deleted": True}
