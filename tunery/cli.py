@@ -329,8 +329,11 @@ def export_cmd(run_dir, merged_out, checkpoint):
 @click.option("--allow-path", multiple=True, type=click.Path(file_okay=False),
               help="Another directory datasets and base models may be read from (besides the home; repeatable). "
                    "The start directory is not readable unless given here.")
-@click.option("--allow-http-datasets", is_flag=True, help="Accept http(s):// dataset URIs.")
+@click.option("--allow-http-datasets", is_flag=True, help="Accept http(s):// dataset URIs (public addresses only).")
+@click.option("--allow-bucket", multiple=True, help="A gs:// or s3:// bucket datasets may come from (repeatable).")
 @click.option("--max-concurrent-jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Tuning jobs run at once.")
+@click.option("--max-pending-jobs", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Jobs waiting to start; a create beyond it gets 429 RESOURCE_EXHAUSTED.")
 @click.option("--max-loaded-adapters", type=click.IntRange(min=1), default=8, show_default=True, help="Adapters kept in memory (LRU).")
 @click.option("--max-request-mb", type=click.IntRange(min=1), default=32, show_default=True,
               help="Largest request body (uploads included); larger ones get 413.")
@@ -345,8 +348,9 @@ def export_cmd(run_dir, merged_out, checkpoint):
               "Default: HOME/jobs.")
 @click.option("--allowed-host", multiple=True, help="A Host header name to answer besides loopback's and --host "
               "(repeatable; '*': any). Others get 400, against DNS rebinding.")
-def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_concurrent_jobs, max_loaded_adapters,
-              max_request_mb, executor, ray_address, ray_token, artifacts, allowed_host):
+def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, allow_bucket, max_concurrent_jobs,
+              max_pending_jobs, max_loaded_adapters, max_request_mb, executor, ray_address, ray_token, artifacts,
+              allowed_host):
     """Run the Vertex AI tuning API server (point the google-genai SDK's base_url at it).
 
     One server per home: a second one on the same home refuses to start and names the PID of the first.
@@ -357,8 +361,7 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_co
 
     from tunery import locks
     from tunery.api.app import LOOPBACK, ServerSettings, create_app
-    from tunery.config import home as default_home
-    from tunery.config import load_settings
+    from tunery.config import home as default_home, load_settings
     from tunery.jobs.executors import ExecutorError
 
     if host not in LOOPBACK and not api_key:
@@ -371,7 +374,8 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, max_co
     if executor == "ray" and not ray_address:
         raise TuneryError("--executor ray needs --ray-address (the Ray dashboard URL, e.g. http://127.0.0.1:8265)")
     settings = ServerSettings(home=root, api_key=api_key, allow_paths=tuple(Path(p).expanduser() for p in allow_path),
-                              allow_http_datasets=allow_http_datasets, max_concurrent_jobs=max_concurrent_jobs,
+                              allow_http_datasets=allow_http_datasets, allow_buckets=tuple(allow_bucket),
+                              max_concurrent_jobs=max_concurrent_jobs, max_pending_jobs=max_pending_jobs,
                               max_loaded_adapters=max_loaded_adapters, max_request_bytes=max_request_mb << 20,
                               executor=executor, ray_address=ray_address, ray_token=ray_token or None,
                               artifacts=Path(artifacts).expanduser().resolve() if artifacts else None,
@@ -456,8 +460,7 @@ def jobs_create(train_file, validation, base_model, epochs, adapter_size, learni
                 workers, server, project, location, api_key):
     """Create a tuning job. Example: tunery jobs create --train data/train.jsonl --epochs 3 --wait"""
     import time
-
-    from tunery.api.wire.tuning import ADAPTER_SIZE_NAMES
+    from tunery.api.wire.fields import ADAPTER_SIZE_NAMES
 
     c = _client(server, project, location, api_key)
     hp = {k: v for k, v in {"epochCount": epochs, "learningRateMultiplier": learning_rate_multiplier,
