@@ -230,3 +230,61 @@ def test_numbers_past_what_floats_and_sqlite_hold_are_400s(server, home):
         for token in ("99999999999999999999", "\u00b2", "-1"):
             r = httpx.get(f"{server.url}/v1beta1/{P}/{collection}", params={"pageToken": token})
             assert_error(r, 400, "pageToken: not a token this server issued")
+
+
+def test_count_tokens_needs_contents_and_obeys_the_prompt_cap(server):
+    path = f"/v1beta1/{P}/publishers/google/models/gemini-2.0-flash-001"
+    for method in ("countTokens", "computeTokens"):
+        for body in ({}, {"contents": []}, {"systemInstruction": {"parts": [{"text": "s"}]}}):
+            assert_error(post(server, f"{path}:{method}", body), 400, "contents: ")
+        huge = {"contents": [{"role": "user", "parts": [{"text": "x" * 200_000}]}]}  # refused before tokenizing
+        assert_error(post(server, f"{path}:{method}", huge), 400,
+                     "contents: the prompt has 200,000 characters, far over the model's context of 1,024 tokens")
+    assert post(server, f"{path}:countTokens", {"contents": [USER]}).json()["totalTokens"] > 0
+
+
+def test_generation_cannot_starve_control_routes_and_past_its_limit_is_a_429(home):
+    """64 long generate and stream calls at once against a server that admits 24: the rest get 429 at once, and
+    while 24 are in flight, getting a job, cancelling it and a console page each answer within a second."""
+    import threading
+
+    with LiveServer(home, start_worker=False, max_generation_requests=24) as live:
+        body = {"baseModel": "gemini-2.0-flash-001",
+                "supervisedTuningSpec": {"trainingDatasetUri": str(home / "data" / "train.jsonl")}}
+        name = httpx.post(f"{live.url}/v1beta1/{P}/tuningJobs", json=body, timeout=30).json()["name"]
+        url = f"{live.url}/v1beta1/{P}/publishers/google/models/gemini-2.0-flash-001"
+        # long enough (about a second each, the streams one after another) that all 64 arrive before one ends
+        long = {"contents": [USER], "generationConfig": {"maxOutputTokens": 120, "temperature": 1.0}}
+        codes: list[int] = []
+
+        def one(i: int) -> None:
+            method = "streamGenerateContent?alt=sse" if i % 2 else "generateContent"
+            try:
+                codes.append(httpx.post(f"{url}:{method}", json=long, timeout=300).status_code)
+            except httpx.HTTPError:
+                codes.append(-1)
+
+        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(64)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while live.services.generation.in_flight < 24 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live.services.generation.in_flight == 24
+        timings = {}
+        for what, method, path in (("get job", "GET", f"/v1beta1/{name}"), ("console", "GET", "/console"),
+                                   ("cancel job", "POST", f"/v1beta1/{name}:cancel")):
+            started = time.monotonic()
+            r = httpx.request(method, live.url + path, timeout=30)
+            timings[what] = time.monotonic() - started
+            assert r.status_code == 200, (what, r.text[:200])
+        in_flight = live.services.generation.in_flight
+        print(f"with {in_flight} generation calls in flight: " + ", ".join(f"{k} {v * 1000:.0f} ms"
+                                                                        for k, v in timings.items()))
+        assert in_flight > 0 and max(timings.values()) < 1.0, timings  # a starved route would wait for generation
+        for t in threads:
+            t.join(timeout=300)
+        assert codes.count(429) == 64 - codes.count(200) and codes.count(429) >= 64 - 24 - 8, sorted(codes)  # 8:
+        # a few may find a place freed by one that ended before the last request arrived
+        r = httpx.post(f"{url}:generateContent", json={"contents": [USER], "generationConfig": {"maxOutputTokens": 2}})
+        assert r.status_code == 200 and live.services.generation.in_flight == 0  # every place given back

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import re
 import sqlite3
+import time
 
 import httpx
 import pytest
@@ -223,3 +224,43 @@ def test_http_datasets_never_reach_this_machine_or_its_private_network(home, uri
     with pytest.raises(RequestError) as info:
         sources.resolve(uri, "train", [home], allow_http=True)
     assert info.value.status == "PERMISSION_DENIED" and "which is not a public address" in info.value.message
+
+
+def test_console_sessions_expire_and_one_client_cannot_push_out_anothers(home):
+    from tunery.console.auth import Sessions
+
+    with LiveServer(home, start_worker=False, api_key="k3y") as live:
+        client = httpx.Client(base_url=live.url, headers={"Origin": live.url}, timeout=30)
+        token = re.search(r'name="csrf" value="([^"]+)"', client.get("/console/login").text).group(1)
+        assert client.post("/console/login", data={"key": "k3y", "csrf": token}).status_code == 303
+        assert client.get("/console").status_code == 200
+        live.app.state.console_sessions.idle_seconds = 0.3
+        time.sleep(0.5)
+        r = client.get("/console")
+        assert r.status_code == 303 and r.headers["location"] == "/console/login"  # expired: sign in again
+    sessions = Sessions(per_client=4)
+    mine, _ = sessions.new(signed_in=True, client="10.0.0.1")
+    for _ in range(1000):
+        sessions.new(client="10.0.0.2")
+    assert sessions.get(mine).signed_in and len(sessions) == 5  # the other client holds its newest 4
+
+
+def test_uploads_no_job_uses_are_swept_and_the_ones_a_job_uses_stay(server, home):
+    import os
+
+    form, token = _console_form(server)
+    data = (home / "train.jsonl").read_bytes()
+
+    def upload(action: str) -> httpx.Response:
+        return form.post("/console/new", data={"csrf": token, "action": action, "base_model": "gemini-2.0-flash-001"},
+                         files={"train_file": ("mine.jsonl", data, "application/jsonl")})
+
+    assert upload("check").status_code == 200
+    assert upload("create").status_code == 303
+    uploads = sorted((server.home / "uploads").iterdir(), key=lambda p: p.stat().st_mtime)
+    assert len(uploads) == 2
+    for folder in uploads:  # both older than a day
+        os.utime(folder, (time.time() - 2 * 86400,) * 2)
+    assert upload("check").status_code == 200
+    left = set((server.home / "uploads").iterdir())
+    assert uploads[0] not in left and uploads[1] in left and len(left) == 2  # checked-only went; the job's stays

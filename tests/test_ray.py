@@ -173,6 +173,12 @@ def test_wrong_token_and_open_remote_ray_are_refused(ray_head, tmp_path):
                            "--ray-address", ray_head.url, "--ray-token", "not-the-token"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "refused the token" in proc.stderr, proc.stderr
+    with pytest.raises(ExecutorError, match="refusing to send the Ray token to 10.1.2.3 over plain http"):
+        RayExecutor("http://10.1.2.3:8265", token=ray_head.token)
+    # the cluster runs jobs with an interpreter that cannot import tunery: refused at once, not three crashes per job
+    with pytest.raises(ExecutorError, match=r"the Ray cluster's `/nonexistent/python` cannot import tunery and ray "
+                                            r"\(.+\); pass --ray-python"):
+        RayExecutor(ray_head.url, token=ray_head.token, python="/nonexistent/python")
 
 
 def test_an_attempt_ray_does_not_know_is_requeued_not_waited_for(ray_head):

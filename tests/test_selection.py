@@ -60,6 +60,7 @@ def test_early_stopping_stops_and_records_why(tmp_path, data, tiny_model_dir):
     evals = [r[mt.EVAL_LOSS] for r in rows if mt.EVAL_LOSS in r]
     assert min(evals) < evals[-1] and min(evals) < evals[-2]  # the last two passes were no better than the best
     assert result.checkpoints[-1]["step"] == stopped["step"]  # exported where it stopped
+    assert [c["checkpointId"] for c in result.checkpoints] == [str(i) for i in range(1, len(result.checkpoints) + 1)]
     assert result.default_checkpoint["checkpointId"] != result.checkpoints[-1]["checkpointId"]
     again = train(_config(tmp_path, data, tiny_model_dir, early_stopping_patience=2))  # a finished run stays finished
     assert again.steps == result.steps and again.early_stopping == stopped
@@ -80,3 +81,40 @@ def test_selection_rules():
     assert [stop.observe(s, v) for s, v in [(1, 3.0), (2, 2.0), (3, 2.00005), (4, 1.9), (5, 2.1), (6, 1.95)]] == \
         [False, False, False, False, False, True]
     assert EarlyStop.restore(2, stop.state()) == stop
+
+
+def test_a_kill_right_after_the_early_stop_export_resumes_to_the_same_result(tmp_path, data, tiny_model_dir):
+    """SIGKILL once the early-stop checkpoint is renamed into place, before the state naming it is saved: the
+    resumed run redoes the last steps, stops at the same step and exports the same checkpoint under the same id.
+    (Only the last checkpoint is kept, so the one at the stop is the early stop's own export, id "1".)"""
+    import os
+    import subprocess
+    import sys
+
+    def tune(out, crash_at=None):
+        if crash_at:
+            out.mkdir(parents=True)
+            (out / "crash-at").write_text(crash_at)
+        cmd = [sys.executable, "-m", "tunery.cli", "tune", "--local", "--train", str(data[0]), "--validation",
+               str(data[1]), "--base-model", str(tiny_model_dir), "--epochs", "20", "--batch-size", "4",
+               "--learning-rate", "2e-2", "--adapter-size", "4", "--early-stopping-patience", "2",
+               "--export-last-checkpoint-only", "--save-interval-seconds", "0", "--output", str(out)]
+        return subprocess.run(cmd, env={**os.environ, "TUNERY_FAULTS": "1", "TUNERY_PRECISION": "float32"},
+                              capture_output=True, text=True, timeout=300)
+
+    def checkpoints(out):
+        manifest = json.loads((out / "manifest.json").read_text())
+        return manifest["early_stopping"], [(c["checkpointId"], c["step"]) for c in manifest["checkpoints"]]
+
+    whole = tune(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    stopped, exported = checkpoints(tmp_path / "whole")
+    assert stopped and exported == [("1", stopped["step"])] and stopped["step"] < 80  # only the stop's export
+    killed = tune(tmp_path / "killed", crash_at=f"checkpoint.renamed {stopped['step']}")
+    assert killed.returncode == -9, killed.stderr
+    again = tune(tmp_path / "killed")
+    assert again.returncode == 0, again.stderr
+    assert checkpoints(tmp_path / "killed") == (stopped, exported)
+    for name in ("adapter", f"checkpoints/checkpoint-{exported[-1][0]}"):
+        assert (tmp_path / "killed" / name / "adapter_model.safetensors").read_bytes() == \
+            (tmp_path / "whole" / name / "adapter_model.safetensors").read_bytes()

@@ -125,3 +125,22 @@ def test_concurrent_requests_for_one_model_share_batches(adapters, tiny_model_di
         t.join()
     assert texts == [alone] * 8  # batched greedy answers equal the single one (left padding handled)
     assert registry.batches - before < 8  # at least two requests rode in the same batch
+
+
+def test_base_models_beyond_the_memory_bound_are_unloaded_least_recently_used_first(tiny_model_dir, tmp_path):
+    """Two base models where the weights of one and a half fit: loading the second unloads the first (idle); asked
+    for again, the first is loaded again and answers the same."""
+    from tunery.serve.registry import _weight_bytes
+
+    other = tmp_path / "copy-of-tiny"
+    shutil.copytree(tiny_model_dir, other)
+    first, second = models.resolve(str(tiny_model_dir)), models.resolve(str(other))
+    assert first.name != second.name
+    one = Registry(runtime=Runtime("cpu", None))
+    size = _weight_bytes(one.base(first).model)
+    registry = Registry(runtime=Runtime("cpu", None), max_base_bytes=size * 3 // 2)
+    text = registry.generate(first, None, [PROMPT], CONFIG)[0].text
+    assert registry.generate(second, None, [PROMPT], CONFIG)[0].text == text  # the same weights, copied
+    assert registry.base_evictions == 1 and list(registry._bases) == [second.name]
+    assert registry.generate(first, None, [PROMPT], CONFIG)[0].text == text
+    assert registry.base_evictions == 2 and list(registry._bases) == [first.name]

@@ -30,6 +30,7 @@ class Settings:
     aliases: dict[str, str] = field(default_factory=dict)  # extra or overriding name -> model mappings
     executor: str = "local"  # `tunery serve`: where jobs run, "local" or "ray"
     ray_address: str | None = None  # the Ray dashboard URL for executor "ray" (its token: RAY_AUTH_TOKEN, never here)
+    ray_python: str | None = None  # the interpreter Ray runs jobs with (one that imports tunery and ray)
     artifacts: str | None = None  # where job run dirs live (storage every Ray node sees)
 
 
@@ -49,13 +50,14 @@ def load_settings(root: Path | None = None) -> Settings:
     if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
         raise ConfigError(f"{path}: [aliases]", "expected a table of name = \"model\" strings")
     executor, ray_address, artifacts = data.get("executor", "local"), data.get("ray_address"), data.get("artifacts")
+    ray_python = data.get("ray_python")
     if executor not in ("local", "ray"):
         raise ConfigError(f"{path}: executor", f"expected \"local\" or \"ray\", found {executor!r}")
-    for key, value in (("ray_address", ray_address), ("artifacts", artifacts)):
+    for key, value in (("ray_address", ray_address), ("artifacts", artifacts), ("ray_python", ray_python)):
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{path}: {key}", f"expected a string, found {value!r}")
     return Settings(default_base_model=default, aliases=dict(aliases), executor=executor, ray_address=ray_address,
-                    artifacts=artifacts)
+                    artifacts=artifacts, ray_python=ray_python)
 
 
 # ---------------------------------------------------------------- tuning hyperparameters
@@ -75,6 +77,11 @@ LORA_TARGETS = {"all-linear": "all-linear", "attention": ["q_proj", "k_proj", "v
                 "mlp": ["gate_proj", "up_proj", "down_proj"]}
 LR_SCHEDULES = ("linear", "cosine", "constant")  # after the warmup: down to zero linearly or on a cosine, or flat
 MAX_EPOCHS = 100
+# What a request may set, defined once: whole numbers (int bounds) lo..hi; numbers (float bounds) in (lo, hi].
+# TuningConfig and both APIs' parsers (and so the console and the CLI) check against these.
+RANGES = {"epochs": (1, MAX_EPOCHS), "learning_rate_multiplier": (0.0, 100.0), "learning_rate": (0.0, 1.0),
+          "batch_size": (1, 4096), "lora_alpha": (0.0, 1024.0), "max_length": (8, 131_072),
+          "early_stopping_patience": (1, 100)}
 
 
 def default_epochs(n_examples: int) -> int:
@@ -107,27 +114,18 @@ class TuningConfig:
     early_stopping_patience: int | None = None  # stop after this many validation passes without a better loss
 
     def __post_init__(self) -> None:
-        if self.epochs is not None and not 1 <= self.epochs <= MAX_EPOCHS:
-            raise ConfigError("--epochs", f"expected a whole number from 1 to {MAX_EPOCHS}, found {self.epochs}")
-        if not 0 < self.learning_rate_multiplier <= 100:
-            raise ConfigError("--learning-rate-multiplier", f"expected a number in (0, 100], found {self.learning_rate_multiplier}")
-        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
-            raise ConfigError("--learning-rate", f"expected a number in (0, 1), found {self.learning_rate}")
+        for name, (lo, hi) in RANGES.items():
+            value = getattr(self, name)
+            whole = isinstance(lo, int)
+            if value is not None and not (lo <= value <= hi if whole else lo < value <= hi):
+                expected = f"a whole number from {lo} to {hi}" if whole else f"a number in ({lo:g}, {hi:g}]"
+                raise ConfigError("--" + name.replace("_", "-"), f"expected {expected}, found {value}")
         if self.adapter_size not in ADAPTER_SIZES:
             raise ConfigError("--adapter-size", f"expected one of {', '.join(map(str, ADAPTER_SIZES))}, found {self.adapter_size}")
-        if self.lora_alpha is not None and not 0 < self.lora_alpha <= 1024:
-            raise ConfigError("--lora-alpha", f"expected a number in (0, 1024], found {self.lora_alpha}")
         if self.lora_targets not in LORA_TARGETS:
             raise ConfigError("--lora-targets", f"expected one of {', '.join(LORA_TARGETS)}, found {self.lora_targets!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError("--lr-schedule", f"expected one of {', '.join(LR_SCHEDULES)}, found {self.lr_schedule!r}")
-        if not 1 <= self.batch_size <= 4096:
-            raise ConfigError("--batch-size", f"expected a whole number from 1 to 4096, found {self.batch_size}")
-        if self.max_length is not None and self.max_length < 8:
-            raise ConfigError("--max-length", f"expected at least 8 tokens, found {self.max_length}")
-        if self.early_stopping_patience is not None and not 1 <= self.early_stopping_patience <= 100:
-            raise ConfigError("--early-stopping-patience",
-                              f"expected a whole number from 1 to 100, found {self.early_stopping_patience}")
         if self.early_stopping_patience and not self.validation:
             raise ConfigError("--early-stopping-patience", "expected a validation dataset to watch, found none",
                               hint="add --validation FILE")

@@ -67,6 +67,6 @@ class RequestError(TuneryError):
     def __init__(self, field: str, detail: str, *, status: str = "INVALID_ARGUMENT", hint: str = "",
                  values: dict | None = None) -> None:
         """`values`: request values named in `detail` as {name} (a door spells them its way; here, repr)."""
-        shown = detail.format(**{k: repr(v) for k, v in (values or {}).items()})
+        shown = detail.format(**{k: repr(v) for k, v in values.items()}) if values else detail
         super().__init__(f"{field}: {shown}" if field else shown, hint=hint)
         self.field, self.detail, self.status, self.values = field, detail, status, values or {}

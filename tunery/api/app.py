@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from tunery import console
 from tunery.api import errors
 from tunery.api.routes import endpoints, experiments, gce_metadata, generation, openai, openai_chat, tuning
+from tunery.api.serving import GenerationGate
 from tunery.api.services import LOOPBACK, ServerSettings, Services  # noqa: F401  (re-exported for callers)
 from tunery.jobs.service import JobService
 from tunery.jobs.store import Store
@@ -31,7 +32,8 @@ def _executor(settings: ServerSettings):
     from tunery.jobs import executors
 
     if settings.executor == "ray":
-        return executors.create("ray", address=settings.ray_address or "", token=settings.ray_token)
+        return executors.create("ray", address=settings.ray_address or "", token=settings.ray_token,
+                                **({"python": settings.ray_python} if settings.ray_python else {}))
     return executors.create("local")
 
 
@@ -39,7 +41,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     store = Store(settings.home / "tunery.db")
     worker = Worker(store, max_concurrent=settings.max_concurrent_jobs, executor=_executor(settings))
     registry = Registry(max_adapters=settings.max_loaded_adapters, threads=worker.serving_threads)
-    svc = Services(settings, store, worker, registry, JobService(store, settings.policy(), registry.forget))
+    svc = Services(settings, store, worker, registry, JobService(store, settings.policy(), registry.forget),
+                   GenerationGate(settings.max_generation_requests))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

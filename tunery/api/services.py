@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -15,6 +15,9 @@ from tunery.jobs.service import JobService, Policy
 from tunery.jobs.store import Store
 from tunery.jobs.worker import Worker
 from tunery.serve.registry import DEFAULT_MAX_ADAPTERS, Registry
+
+if TYPE_CHECKING:  # serving imports this module
+    from tunery.api.serving import GenerationGate
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -40,12 +43,14 @@ class ServerSettings:
     max_concurrent_jobs: int = 1  # Vertex's concurrent-tuning-job quota
     max_pending_jobs: int = 100  # jobs waiting to start; one more is refused with 429 RESOURCE_EXHAUSTED
     max_loaded_adapters: int = DEFAULT_MAX_ADAPTERS
+    max_generation_requests: int = 64  # generate/stream/count/chat calls in flight; one more gets 429
     validate_on_create_bytes: int = 8 << 20  # datasets this small are validated before create returns
     max_request_bytes: int = 32 << 20  # larger request bodies get 413
     start_worker: bool = True
     executor: str = "local"  # where tuning runs: "local" child processes or "ray" (tunery.jobs.executors)
     ray_address: str | None = None  # the Ray dashboard URL (Jobs API) for executor "ray"
     ray_token: str | None = field(default=None, repr=False)  # Ray's auth token (never logged)
+    ray_python: str | None = None  # the interpreter Ray runs jobs with; None: this server's
     artifacts: Path | None = None  # where job run dirs live (shared storage for Ray); default HOME/jobs
     # Host header names answered besides loopback's (DNS rebinding: a web page whose name resolves to 127.0.0.1
     # must not reach the API from the user's browser): the interface the server binds, and each --allowed-host
@@ -81,6 +86,7 @@ class Services:
     worker: Worker
     registry: Registry
     jobs: JobService
+    generation: GenerationGate
 
 
 def services(request: Request) -> Services:

@@ -37,7 +37,7 @@ def login(request: Request, key: str = Form(""), csrf_token: str | None = Form(N
     if api_key and not auth.key_matches(key, api_key):
         return render(request, "login.html", {"title": "Sign in", "error": "wrong API key"}, 401)
     store.drop(old_sid)
-    sid, session = store.new(signed_in=True)
+    sid, session = store.new(signed_in=True, client=request.client.host if request.client else "")
     session.flash = "Signed in."
     response = RedirectResponse("/console", status_code=303)
     auth.set_cookie(request, response, sid)

@@ -22,6 +22,9 @@ COOKIE = "tunery_console"
 PREFIX = "/console"
 PUBLIC = ("/", PREFIX + "/login")  # reachable without the key: the redirect and the sign-in page
 MAX_SESSIONS = 10_000  # oldest sessions are dropped beyond this
+MAX_SESSIONS_PER_CLIENT = 32  # a client's oldest sessions are dropped beyond this: one cannot push others' out
+IDLE_SECONDS = 12 * 3600  # a session unused this long is gone (sign in again)
+MAX_AGE_SECONDS = 7 * 24 * 3600  # and any session after this long
 
 
 class CsrfError(Exception):
@@ -33,31 +36,62 @@ class Session:
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     signed_in: bool = False
     flash: str | None = None  # a message shown once on the next page
-    created: float = field(default_factory=time.time)
+    created: float = field(default_factory=time.monotonic)
+    used: float = field(default_factory=time.monotonic)
+    client: str = ""  # the address it was made for (sessions are capped per client)
 
 
 class Sessions:
-    """Sessions by id, in memory: a restarted server asks for the key again."""
+    """Sessions by id, in memory: a restarted server asks for the key again. A session expires after IDLE_SECONDS
+    unused and MAX_AGE_SECONDS in all; a client holds at most MAX_SESSIONS_PER_CLIENT (its oldest go first), so
+    one client making sessions in a loop cannot sign everyone else out."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle_seconds: float = IDLE_SECONDS, max_age_seconds: float = MAX_AGE_SECONDS,
+                 per_client: int = MAX_SESSIONS_PER_CLIENT) -> None:
+        self.idle_seconds, self.max_age_seconds, self.per_client = idle_seconds, max_age_seconds, per_client
         self._by_id: OrderedDict[str, Session] = OrderedDict()
+        self._by_client: dict[str, OrderedDict[str, None]] = {}
         self._lock = threading.Lock()  # pages are served from a thread pool
 
     def get(self, sid: str | None) -> Session | None:
+        now = time.monotonic()
         with self._lock:
-            return self._by_id.get(sid) if sid else None
+            session = self._by_id.get(sid) if sid else None
+            if session is None:
+                return None
+            if now - session.used > self.idle_seconds or now - session.created > self.max_age_seconds:
+                self._remove(sid)  # type: ignore[arg-type]
+                return None
+            session.used = now
+            return session
 
-    def new(self, signed_in: bool = False) -> tuple[str, Session]:
+    def new(self, signed_in: bool = False, client: str = "") -> tuple[str, Session]:
         sid = secrets.token_urlsafe(32)
         with self._lock:
-            self._by_id[sid] = session = Session(signed_in=signed_in)
+            self._by_id[sid] = session = Session(signed_in=signed_in, client=client)
+            mine = self._by_client.setdefault(client, OrderedDict())
+            mine[sid] = None
+            while len(mine) > self.per_client:
+                self._remove(next(iter(mine)))
             while len(self._by_id) > MAX_SESSIONS:
-                self._by_id.popitem(last=False)
+                self._remove(next(iter(self._by_id)))
         return sid, session
+
+    def _remove(self, sid: str) -> None:
+        session = self._by_id.pop(sid, None)
+        if session is not None:
+            mine = self._by_client.get(session.client)
+            if mine is not None:
+                mine.pop(sid, None)
+                if not mine:
+                    del self._by_client[session.client]
 
     def drop(self, sid: str | None) -> None:
         with self._lock:
-            self._by_id.pop(sid or "", None)
+            self._remove(sid or "")
+
+    def __len__(self) -> int:
+        return len(self._by_id)
 
 
 def sessions(request: Request) -> Sessions:
@@ -93,7 +127,7 @@ def current(request: Request) -> tuple[str, Session, bool]:
     sid = request.cookies.get(COOKIE)
     session = store.get(sid)
     if session is None:
-        sid, session = store.new()
+        sid, session = store.new(client=request.client.host if request.client else "")
         return sid, session, True
     return sid, session, False  # type: ignore[return-value]
 

@@ -5,9 +5,11 @@ its Vertex statistics. Creating calls the REST route's own create function with 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import secrets
 import shutil
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from tunery.jobs import states
 router = APIRouter()
 BENCH_TOKENS_PER_SECOND = 354  # docs/benchmarks.md: SmolLM2-135M LoRA on 2 CPU cores, when no job has run here yet
 MAX_ISSUES_SHOWN = 30
+UPLOAD_TTL_SECONDS = 24 * 3600  # an upload no job uses is removed after this long (at the next upload)
 LABELS = {  # Vertex field paths in error messages, as the form calls them
     "supervisedTuningSpec.hyperParameters.epochCount": "Epochs",
     "supervisedTuningSpec.hyperParameters.learningRateMultiplier": "Learning-rate multiplier",
@@ -90,10 +93,30 @@ def _labelled(text: str) -> str:
     return text
 
 
+def sweep_uploads(services, max_age_seconds: float = UPLOAD_TTL_SECONDS) -> list[Path]:
+    """Remove uploads older than `max_age_seconds` that no job reads (a dataset checked and never tuned on);
+    returns what went. An upload a job was created from stays as long as the job does."""
+    used = {str(Path(p).parent) for job in services.store.jobs_in(*states.ALL)
+            for p in (job.spec.tuning.train, job.spec.tuning.validation,
+                      job.spec.evaluation.dataset if job.spec.evaluation else None) if p}
+    gone, now = [], time.time()
+    for folder in (services.settings.home / "uploads").glob("*"):
+        try:
+            old = now - folder.stat().st_mtime > max_age_seconds
+        except FileNotFoundError:
+            continue
+        if old and str(folder) not in used and os.path.realpath(folder) not in used:
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(folder)
+    return gone
+
+
 def _save(request: Request, upload: UploadFile | None) -> str | None:
-    """An uploaded dataset, stored under the home's uploads/ (an allowed root); None when nothing was chosen."""
+    """An uploaded dataset, stored under the home's uploads/ (an allowed root); None when nothing was chosen. Old
+    uploads no job uses are swept first."""
     if upload is None or not upload.filename:
         return None
+    sweep_uploads(svc(request))
     name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(upload.filename).name)[:100] or "dataset.jsonl"
     dest = svc(request).settings.home / "uploads" / secrets.token_hex(8) / name
     dest.parent.mkdir(parents=True)

@@ -5,13 +5,14 @@ Vertex's SSE."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Body, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from tunery.api.errors import ApiError
 from tunery.api.serving import call
-from tunery.console.common import csrf, json_errors, page_errors, render, svc
+from tunery.console.common import USER_ERRORS, csrf, message_of, page_errors, render, svc
 from tunery.console.create import base_choices
 from tunery.console.models import all_models
+from tunery.errors import RequestError
 
 router = APIRouter()
 
@@ -54,9 +55,17 @@ def _number(value, field: str, lo: float, hi: float, whole: bool = False) -> flo
 
 
 @router.post("/console/api/generate")
-@json_errors
-def generate(request: Request, body: dict = Body(...)) -> Response:
-    """{target, prompt, system, temperature, maxOutputTokens} -> the Vertex SSE stream of that model's answer."""
+async def generate(request: Request, body: dict = Body(...)) -> Response:
+    """{target, prompt, system, temperature, maxOutputTokens} -> the Vertex SSE stream of that model's answer, from
+    the generation gate's threads (as the API's)."""
+    try:
+        return await svc(request).generation.run(_generate, request, body)
+    except USER_ERRORS as exc:
+        status, text = message_of(exc)
+        return JSONResponse({"error": text}, status_code=status)
+
+
+def _generate(request: Request, body: dict):
     csrf(request, request.headers.get("x-csrf-token"))
     target, prompt = str(body.get("target") or ""), body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
@@ -71,4 +80,8 @@ def generate(request: Request, body: dict = Body(...)) -> Response:
     resolve = {"base": jobs.base_target, "endpoint": jobs.endpoint_target, "model": jobs.model_target}.get(kind)
     if resolve is None or not name:
         raise ApiError(400, f"Model: expected base:NAME, model:ID or endpoint:ID, found {target!r}")
-    return call(svc(request), "streamGenerateContent", resolve(name), request_body)
+    try:
+        target_ = resolve(name)
+    except RequestError as exc:
+        raise ApiError(404 if exc.status == "NOT_FOUND" else 400, f"Model: {exc.message}") from exc
+    return call(svc(request), "streamGenerateContent", target_, request_body)

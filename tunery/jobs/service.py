@@ -189,9 +189,10 @@ class JobService:
         ep = self.store.get_endpoint(endpoint_id)
         model = self.store.get_model(ep.model_id) if ep else None
         if ep is None or model is None or (project is not None and (ep.project, ep.location) != (project, location)):
-            where = f"projects/{project}/locations/{location}/" if project is not None else ""
-            raise RequestError("", f"endpoint {where}endpoints/{endpoint_id:.40} not found (it, or its model, may "
-                                   "have been deleted)", status="NOT_FOUND")
+            name = f"projects/{project}/locations/{location}/endpoints/{endpoint_id:.40}" if project is not None \
+                else f"{endpoint_id:.40}"
+            raise RequestError("", f"endpoint {name} not found (it, or its model, may have been deleted)",
+                               status="NOT_FOUND")
         return ep, model
 
     def undeploy_endpoint(self, endpoint_id: str, project: str | None = None, location: str | None = None) -> None:
@@ -219,7 +220,7 @@ class JobService:
 
     def model_target(self, model_id: str, project: str | None = None, location: str | None = None) -> Target:
         """A tuned model by name serves its final adapter whether or not an endpoint is deployed."""
-        model = self.tuned_model(model_id, project, location)
+        model = self.tuned_model(model_id, project, location, field="")
         return Target(models.resolve(model.base_model), model.adapter_dir, f"{model.name}@1")
 
     def base_target(self, name: str) -> Target:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -33,6 +34,7 @@ MAX_ATTEMPTS = 3  # a job whose tuning process crashes this many times fails (se
 MAX_CRASHES_ENV = "TUNERY_MAX_JOB_CRASHES"  # overrides MAX_ATTEMPTS (the chaos test kills each job many times)
 CANCEL_GRACE_SECONDS = 5.0  # graceful stop, then a forced one after this long
 CANCELLED_ERROR = {"code": 1, "message": "CANCELED"}
+MAX_RETRY_SECONDS = 60.0  # the longest wait before trying again to start a job whose executor was unreachable
 
 
 def _Child(proc, run_dir: Path) -> Handle:  # noqa: N802  (the tests' name for a local attempt)
@@ -55,6 +57,8 @@ class Worker:
     _serving_until: float = 0.0  # generation counts as running until then (tunery/threads.py)
     _sharing: bool = False  # whether the local jobs have been told to give threads to generation
     _share_lock: threading.Lock = field(default_factory=threading.Lock)
+    _retries: dict[str, int] = field(default_factory=dict)  # job id -> starts that failed for a transient reason
+    _retry_at: dict[str, float] = field(default_factory=dict)  # job id -> when to try starting it again
 
     def __post_init__(self) -> None:
         if self.executor is None:
@@ -163,13 +167,26 @@ class Worker:
 
     def _reap(self) -> None:
         for job_id, handle in list(self.children.items()):
-            ended = self.executor.poll(handle)
-            job = self.store.get_job(job_id)
-            if ended is None:
-                self._progress(job, handle.run_dir)
-                continue
-            self._record_exit(job, handle, ended)
-            del self.children[job_id]  # only once the outcome is in the store: a failed write is retried next tick
+            try:
+                self._reap_one(job_id, handle)
+            except sqlite3.Error:  # the store is busy: the child is kept and its exit recorded on a later tick
+                raise
+            except Exception as exc:  # one job's bad files must not stop the loop for the others
+                log.exception("job %s: could not record how its attempt ended", job_id)
+                self.children.pop(job_id, None)
+                job = self.store.get_job(job_id)
+                if job is not None and job.state in (states.RUNNING, states.CANCELLING):
+                    self.store.transition(job_id, states.FAILED, ended=True, error={
+                        "code": 13, "message": f"could not read how the tuning process ended: {exc!r:.300}"})
+
+    def _reap_one(self, job_id: str, handle: Handle) -> None:
+        ended = self.executor.poll(handle)
+        job = self.store.get_job(job_id)
+        if ended is None:
+            self._progress(job, handle.run_dir)
+            return
+        self._record_exit(job, handle, ended)
+        del self.children[job_id]  # only once the outcome is in the store: a failed write is retried next tick
 
     def _record_exit(self, job: Job, handle: Handle, ended: Exit) -> None:
         result = _read(handle.run_dir / RESULT_FILE)
@@ -209,13 +226,16 @@ class Worker:
             elif handle.term_sent is None:
                 self.executor.cancel(handle, force=False)
                 handle.term_sent = time.monotonic()
-            elif time.monotonic() - handle.term_sent > CANCEL_GRACE_SECONDS:
+            elif not handle.kill_sent and time.monotonic() - handle.term_sent > CANCEL_GRACE_SECONDS:
                 self.executor.cancel(handle, force=True)
+                handle.kill_sent = True
 
     def _start_queued(self) -> None:
         for job in self.store.jobs_in(states.PENDING):
             if len(self.children) >= self.max_concurrent:
                 return
+            if self._retry_at.get(job.id, 0.0) > time.monotonic():  # its executor was unreachable a moment ago
+                continue
             holder = locks.holder(Path(job.run_dir) / locks.LOCK_FILE)
             if holder is not None:  # an old child (of a server that was killed) still runs this job: wait for it
                 if job.id not in self._held:
@@ -244,11 +264,19 @@ class Worker:
                 with self._share_lock:
                     threads.offer(run_dir / threads.SHARE_FILE, self._job_threads(len(self.children) + 1))
             handle = self.executor.start(job, run_dir)
-        except (OSError, ExecutorError) as exc:
-            log.error("job %s: could not start its tuning process: %s", job.id, exc)
-            self.store.transition(job.id, states.FAILED, ended=True, error={
-                "code": 13, "message": f"could not start the tuning process: {exc}"})
+        except ExecutorError as exc:
+            if not exc.transient:
+                return self._could_not_start(job, exc)
+            tries = self._retries[job.id] = self._retries.get(job.id, 0) + 1
+            delay = min(MAX_RETRY_SECONDS, 2.0 ** tries)
+            self._retry_at[job.id] = time.monotonic() + delay
+            log.warning("job %s: %s; it waits in the queue and is tried again in %.0f s", job.id, exc, delay)
+            self.store.transition(job.id, states.PENDING, detail=states.WAITING_FOR_QUOTA)  # not a crash
             return
+        except OSError as exc:
+            return self._could_not_start(job, exc)
+        self._retries.pop(job.id, None)
+        self._retry_at.pop(job.id, None)
         self.children[job.id] = handle
         with self._share_lock:
             if self._sharing:  # one more job: the others' share may shrink
@@ -256,8 +284,16 @@ class Worker:
         log.info("job %s started on %s (%s, attempt %d)", job.id, self.executor.name, handle.extra, job.attempts)
 
 
+    def _could_not_start(self, job: Job, exc: Exception) -> None:
+        log.error("job %s: could not start its tuning process: %s", job.id, exc)
+        self.store.transition(job.id, states.FAILED, ended=True, error={
+            "code": 13, "message": f"could not start the tuning process: {exc}"})
+
+
 def _read(path: Path) -> dict | None:
+    """A JSON object the tuning process wrote; None when there is none (or not yet a whole one)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        found = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return found if isinstance(found, dict) else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -67,16 +68,20 @@ class Registry:
     pays a wake-up: greedy decoding ran 1.5x slower on a server's request threads than on a single thread."""
 
     def __init__(self, max_adapters: int = DEFAULT_MAX_ADAPTERS, runtime: Runtime | None = None,
-                 threads: Callable[[], int] | None = None) -> None:
+                 threads: Callable[[], int] | None = None, max_base_bytes: int | None = None) -> None:
         self.max_adapters = max_adapters
+        # weights of loaded base models kept at most (LRU; a model in use is never dropped): half the RAM by default
+        self.max_base_bytes = max_base_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
         self._threads = threads  # how many compute threads generation may use now (fewer while jobs train)
         self._threads_set = 0
         self._runtime = runtime
-        self._bases: dict[str, _Base] = {}
+        self._bases: OrderedDict[str, _Base] = OrderedDict()  # LRU order
+        self._loading: dict[str, threading.Lock] = {}  # one per model being loaded: others' loads do not wait
         self._guard = threading.Lock()
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunery-compute")
         self._compute_thread: threading.Thread | None = None
-        self.evictions = 0
+        self.evictions = 0  # adapters dropped (LRU)
+        self.base_evictions = 0  # base models dropped (LRU by weight bytes)
         self.batches = 0  # model.generate calls (fewer than requests when concurrent requests share a batch)
 
     def call(self, fn, *args):
@@ -105,14 +110,37 @@ class Registry:
         return self._runtime
 
     def base(self, spec: models.BaseModelSpec) -> _Base:
+        """The loaded model, loading it first when needed: on the calling thread, not the compute thread, so
+        generation on the models already loaded goes on meanwhile; two requests for one model load it once."""
         key = spec.name
         with self._guard:
-            if key not in self._bases:
-                log.info("loading base model %s for serving", key)
-                runtime = self.runtime
-                model = self.call(lambda: models.load_model_fresh(spec).to(runtime.device).eval())
-                self._bases[key] = _Base(spec, model, models.load_template(spec))
-            return self._bases[key]
+            if key in self._bases:
+                self._bases.move_to_end(key)
+                return self._bases[key]
+            lock = self._loading.setdefault(key, threading.Lock())
+        with lock:
+            with self._guard:
+                if key in self._bases:
+                    return self._bases[key]
+            log.info("loading base model %s for serving", key)
+            runtime = self.runtime
+            base = _Base(spec, models.load_model_fresh(spec).to(runtime.device).eval(), models.load_template(spec))
+            with self._guard:
+                self._bases[key] = base
+                self._loading.pop(key, None)
+                self._evict_bases(keep=key)
+            return base
+
+    def _evict_bases(self, keep: str) -> None:
+        """Drop the least recently used idle base models while the loaded weights are over max_base_bytes."""
+        for key in list(self._bases):
+            if sum(_weight_bytes(b.model) for b in self._bases.values()) <= self.max_base_bytes:
+                return
+            old = self._bases[key]
+            if key != keep and not old.busy and not old.queue:
+                del self._bases[key]
+                self.base_evictions += 1
+                log.info("unloaded base model %s (LRU, over %d MB of weights)", key, self.max_base_bytes >> 20)
 
     @contextmanager
     def _exclusive(self, base: _Base) -> Iterator[None]:
@@ -167,7 +195,7 @@ class Registry:
 
     def forget(self, adapter_dir: str) -> None:
         """Unload an adapter whose model was deleted."""
-        for base in self._bases.values():
+        for base in list(self._bases.values()):
             with self._exclusive(base):
                 self.call(self._unload, base, adapter_dir)
 
@@ -246,6 +274,10 @@ class Registry:
                 if piece:
                     yield piece
             yield future.result()
+
+
+def _weight_bytes(model: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _take_batch(queue: list[_Pending]) -> list[_Pending]:

@@ -381,7 +381,7 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
             crash("metrics")
             if step in plan.exports or (stop and not (checkpoints and checkpoints[-1]["step"] == step)):
                 # an early stop exports where it stopped, numbered after the checkpoints before it
-                number = ids[step] if step in plan.exports else len(checkpoints) + 1
+                number = ids[step] if step in plan.exports else str(len(checkpoints) + 1)  # an id like theirs
                 manifest = {**identity, "step": step, "epoch": plan.exports.get(step, math.ceil(epoch_f)),
                             "metrics": last,
                             "checkpoint_id": number}

@@ -3,6 +3,7 @@ models and base models by publisher name; models.get/list for base models."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Body, Request
@@ -19,23 +20,28 @@ def _sse(request: Request) -> bool:
     return request.query_params.get("alt") == "sse"
 
 
+# async: each call runs on the generation gate's threads (tunery/api/serving.py), never the other routes' threads
+
 @router.post(PLACE + "/endpoints/{endpoint_id}:{method}")
-def endpoint_method(project: str, location: str, endpoint_id: str, method: str, svc: Svc, request: Request,
-                    body: Any = Body(...)):
-    return call(svc, method, svc.jobs.endpoint_target(endpoint_id, project, location), body, sse=_sse(request))
+async def endpoint_method(project: str, location: str, endpoint_id: str, method: str, svc: Svc, request: Request,
+                          body: Any = Body(...)):
+    target = partial(svc.jobs.endpoint_target, endpoint_id, project, location)
+    return await svc.generation.run(partial(call, svc, method, target, body, sse=_sse(request)))
 
 
 @router.post(PLACE + "/models/{model_id}:{method}")
-def tuned_model_method(project: str, location: str, model_id: str, method: str, svc: Svc, request: Request,
-                       body: Any = Body(...)):
+async def tuned_model_method(project: str, location: str, model_id: str, method: str, svc: Svc, request: Request,
+                             body: Any = Body(...)):
     """A tuned model by name serves its final adapter whether or not an endpoint is deployed."""
-    return call(svc, method, svc.jobs.model_target(model_id, project, location), body, sse=_sse(request))
+    target = partial(svc.jobs.model_target, model_id, project, location)
+    return await svc.generation.run(partial(call, svc, method, target, body, sse=_sse(request)))
 
 
 @router.post(PLACE + "/publishers/{publisher}/models/{model}:{method}")
-def publisher_model_method(project: str, location: str, publisher: str, model: str, method: str, svc: Svc,
-                           request: Request, body: Any = Body(...)):
-    return call(svc, method, svc.jobs.base_target(model), body, sse=_sse(request))
+async def publisher_model_method(project: str, location: str, publisher: str, model: str, method: str, svc: Svc,
+                                 request: Request, body: Any = Body(...)):
+    target = partial(svc.jobs.base_target, model)
+    return await svc.generation.run(partial(call, svc, method, target, body, sse=_sse(request)))
 
 
 def _base_model_json(name: str, spec: models.BaseModelSpec) -> dict:

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Body
-from fastapi.responses import StreamingResponse
 
 from tunery import models
 from tunery.api.errors import ApiError, openai_body
-from tunery.api.serving import fit_context
+from tunery.api.serving import Stream, fit_context
 from tunery.api.services import Services, Svc
 from tunery.api.wire import openai as wire
 from tunery.api.wire import openai_objects as objects
@@ -66,12 +65,17 @@ def target(svc: Services, name: str) -> tuple[models.BaseModelSpec, str | None]:
 
 
 @router.post("/chat/completions")
-def chat_completions(svc: Svc, body: Any = Body(...)):
+async def chat_completions(svc: Svc, body: Any = Body(...)):
+    """On the generation gate's threads, as Vertex's generateContent (tunery/api/serving.py)."""
+    return await svc.generation.run(_chat, svc, body)
+
+
+def _chat(svc: Services, body: Any):
     req = wire.parse_chat(body)
     spec, adapter = target(svc, req.model)
     gen = fit_context(GenerateRequest(req.prompt, req.config, req.n), models.load_template(spec), spec, "messages")
     if req.stream:
-        return StreamingResponse(_sse(svc, spec, adapter, gen, req), media_type="text/event-stream")
+        return Stream(_sse(svc, spec, adapter, gen, req), "text/event-stream")
     gens = svc.registry.generate(spec, adapter, [gen.prompt] * gen.candidate_count, gen.config)
     return objects.completion(gens, req.model)
 

@@ -43,7 +43,7 @@ def float_field(value: Any, field: str, lo: float, hi: float) -> float | None:
     except (TypeError, ValueError, OverflowError):  # OverflowError: an integer literal of hundreds of digits
         number = None
     if number is None or not lo < number <= hi:
-        raise ApiError(400, f"{field}: expected a number in ({lo}, {hi}], found {value!r:.80}")
+        raise ApiError(400, f"{field}: expected a number in ({lo:g}, {hi:g}], found {value!r:.80}")
     return number
 
 

@@ -31,6 +31,6 @@ def named(exc: RequestError, names: dict[str, str]) -> str:
     """The error's message with its field as `names` spell it (and its values, for the Vertex names)."""
     field = names.get(exc.field, exc.field)
     spell = VERTEX_VALUES.get(exc.field, repr) if names is VERTEX else repr
-    detail = exc.detail.format(**{k: spell(v) for k, v in exc.values.items()})
+    detail = exc.detail.format(**{k: spell(v) for k, v in exc.values.items()}) if exc.values else exc.detail
     text = f"{field}: {detail}" if field else detail
     return f"{text} ({exc.hint})" if exc.hint else text

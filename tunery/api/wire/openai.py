@@ -12,6 +12,7 @@ from typing import Any
 from tunery.api.errors import ApiError
 from tunery.api.wire.common import bool_field, float_field, int_field, object_field, str_field
 from tunery.api.wire.generation import MAX_CANDIDATES, MAX_OUTPUT_TOKENS
+from tunery.config import RANGES
 from tunery.data.schema import Turn
 from tunery.jobs.spec import JobRequest, OpenAIFields
 from tunery.serve.generate import GenerationConfig, Prompt
@@ -212,9 +213,10 @@ def parse_create_job(body: Any) -> CreateJob:
         raise ApiError(400, f"suffix: expected 1 to 64 letters, digits, '_', '.' or '-', found {suffix!r}")
     return CreateJob(_required(body, "model"), _required(body, "training_file", 64),
                      str_field(body.get("validation_file"), "validation_file", 64),
-                     _auto_int(hp.get("n_epochs"), f"{where}.n_epochs", 1, 100),
-                     _auto_int(hp.get("batch_size"), f"{where}.batch_size", 1, 4096),
-                     None if lr == "auto" else float_field(lr, f"{where}.learning_rate_multiplier", 0, 100),
+                     _auto_int(hp.get("n_epochs"), f"{where}.n_epochs", *RANGES["epochs"]),
+                     _auto_int(hp.get("batch_size"), f"{where}.batch_size", *RANGES["batch_size"]),
+                     None if lr == "auto" else float_field(lr, f"{where}.learning_rate_multiplier",
+                                                           *RANGES["learning_rate_multiplier"]),
                      suffix or None, int_field(body.get("seed"), "seed", 0, 2**31 - 1), _metadata(body.get("metadata")))
 
 

@@ -122,7 +122,6 @@ def adapter_size(value: Any, field: str) -> int | None:
 # supervisedTuningSpec.hyperParameters fields: Vertex's SupervisedHyperParameters, and tunery's own last
 HYPERPARAMETERS = ("epochCount", "learningRateMultiplier", "learningRate", "adapterSize", "batchSize",
                    "earlyStoppingPatience", "maxLength", "loraAlpha", "loraTargets", "learningRateSchedule")
-MAX_LENGTH = 131_072  # tokens per example (the longest context tunery renders)
 
 
 def enum_name(value: str) -> str:
@@ -153,17 +152,19 @@ def hyperparameters(spec: dict) -> dict:
     known = set(HYPERPARAMETERS) | {_snake(k) for k in HYPERPARAMETERS}
     if unknown := [k for k in hp if k not in known]:
         raise ApiError(400, f"{where}.{unknown[0]}: unknown field; expected one of {', '.join(HYPERPARAMETERS)}")
-    out = {"epochs": int_field(get(hp, "epochCount"), f"{where}.epochCount", 1, 100),
-           "learning_rate_multiplier": float_field(get(hp, "learningRateMultiplier"), f"{where}.learningRateMultiplier", 0, 100),
+    r = config.RANGES
+    out = {"epochs": int_field(get(hp, "epochCount"), f"{where}.epochCount", *r["epochs"]),
+           "learning_rate_multiplier": float_field(get(hp, "learningRateMultiplier"), f"{where}.learningRateMultiplier",
+                                                   *r["learning_rate_multiplier"]),
            "adapter_size": adapter_size(get(hp, "adapterSize"), f"{where}.adapterSize"),
-           "batch_size": int_field(get(hp, "batchSize"), f"{where}.batchSize", 1, 4096),
-           "learning_rate": float_field(get(hp, "learningRate"), f"{where}.learningRate", 0, 1),
+           "batch_size": int_field(get(hp, "batchSize"), f"{where}.batchSize", *r["batch_size"]),
+           "learning_rate": float_field(get(hp, "learningRate"), f"{where}.learningRate", *r["learning_rate"]),
            # tunery's own: stop after this many validation passes without a better loss (Vertex has no such field)
            "early_stopping_patience": int_field(get(hp, "earlyStoppingPatience"), f"{where}.earlyStoppingPatience",
-                                                1, 100),
+                                                *r["early_stopping_patience"]),
            # tunery's own (docs/api.md): tokens per example, LoRA alpha and target layers, the decay after warmup
-           "max_length": int_field(get(hp, "maxLength"), f"{where}.maxLength", 8, MAX_LENGTH),
-           "lora_alpha": float_field(get(hp, "loraAlpha"), f"{where}.loraAlpha", 0, 1024),
+           "max_length": int_field(get(hp, "maxLength"), f"{where}.maxLength", *r["max_length"]),
+           "lora_alpha": float_field(get(hp, "loraAlpha"), f"{where}.loraAlpha", *r["lora_alpha"]),
            "lora_targets": enum_field(get(hp, "loraTargets"), f"{where}.loraTargets", LORA_TARGETS),
            "lr_schedule": enum_field(get(hp, "learningRateSchedule"), f"{where}.learningRateSchedule", LR_SCHEDULES)}
     mode = get(spec, "tuningMode")

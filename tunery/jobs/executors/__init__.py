@@ -14,7 +14,12 @@ from tunery.jobs.store import Job
 
 
 class ExecutorError(Exception):
-    """The executor could not do what was asked (cannot reach Ray, refused credentials); the message says why."""
+    """The executor could not do what was asked (cannot reach Ray, refused credentials); the message says why.
+    `transient`: it may work in a moment (a cluster unreachable for now): the worker retries with backoff."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass
@@ -25,6 +30,7 @@ class Handle:
     run_dir: Path
     ref: Any  # the executor's own: a Popen (local) or a Ray submission id (ray)
     term_sent: float | None = None  # when the first (graceful) cancel went out
+    kill_sent: bool = False  # whether the forced one went out (it is sent once)
     extra: dict = field(default_factory=dict)
 
     @property
