@@ -278,7 +278,7 @@ def _dict_paths(value, prefix=()) -> list[tuple]:
 
 
 @seed(SEED)
-@settings(max_examples=EXAMPLES // 2, deadline=None, derandomize=False, database=None,
+@settings(max_examples=EXAMPLES // 4, deadline=None, derandomize=False, database=None,
           suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_planted_internal_and_unknown_fields_never_reach_the_store(world, data):
@@ -308,7 +308,7 @@ def test_planted_internal_and_unknown_fields_never_reach_the_store(world, data):
 
 
 @seed(SEED)
-@settings(max_examples=EXAMPLES // 4, deadline=None, derandomize=False, database=None,
+@settings(max_examples=EXAMPLES // 8, deadline=None, derandomize=False, database=None,
           suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_foreign_host_headers_are_refused_on_every_route(world, data):

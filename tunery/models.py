@@ -270,14 +270,14 @@ def model_dir(spec: BaseModelSpec) -> Path:
     if spec.kind == "hub":
         raise ModelNotFoundError("hub models load by id; they have no tunery model directory")
     path, sha = verified_gguf(spec)
-    return _materialize(_cache_root(spec, sha) / "model", lambda tmp: _convert_gguf(path, tmp))
+    return _materialize(_cache_root(spec, sha) / "model", lambda tmp: _convert_gguf(path, tmp, tokenizer_dir(spec)))
 
 
-def _convert_gguf(path: Path, out: Path) -> None:
+def _convert_gguf(path: Path, out: Path, tokenizer: Path) -> None:
     """Dequantize a GGUF once into a float32 safetensors model. A GGUF-loaded model stays marked as quantized
     (not trainable, not saveable), so the weights move into a fresh model built from a clean config."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     log.info("converting %s to a safetensors model (once; later loads take under a second)", path.name)
     quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
@@ -289,7 +289,9 @@ def _convert_gguf(path: Path, out: Path) -> None:
     model.load_state_dict(quantized.state_dict(), assign=True, strict=True)
     model.tie_weights()
     model.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(out)
+    for file in tokenizer.iterdir():  # extracted once already (reading the GGUF's vocabulary again takes seconds)
+        if file.is_file():
+            shutil.copy2(file, out / file.name)
 
 
 # ---------------------------------------------------------------- loaders (cached per process)
