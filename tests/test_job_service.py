@@ -264,3 +264,51 @@ def test_uploads_no_job_uses_are_swept_and_the_ones_a_job_uses_stay(server, home
     assert upload("check").status_code == 200
     left = set((server.home / "uploads").iterdir())
     assert uploads[0] not in left and uploads[1] in left and len(left) == 2  # checked-only went; the job's stays
+
+
+def test_an_http_dataset_is_fetched_and_a_redirect_to_a_private_address_is_refused(tmp_path, monkeypatch):
+    """The tuning process's copy of an http(s) dataset checks every host on the way, redirects included. Here the
+    public internet is "localhost" (the one name the check lets through in this test) and 127.0.0.1 is private."""
+    import http.server
+    import threading
+
+    from tunery.data import sources
+    from tunery.errors import RequestError
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            port = self.server.server_address[1]
+            moves = {"/away": f"http://127.0.0.1:{port}/data.jsonl", "/loop": "/loop", "/ftp": "ftp://x/y"}
+            if self.path in moves:
+                self.send_response(302)
+                self.send_header("Location", moves[self.path])
+                self.end_headers()
+                return
+            body = b'{"messages": []}\n' * 3
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    def only_localhost(host: str, field: str):
+        if host != "localhost":
+            raise RequestError(field, f"{host} is not a public address", status="PERMISSION_DENIED")
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(sources, "public_host", only_localhost)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://localhost:{server.server_address[1]}"
+    try:
+        got = sources.fetch(f"{base}/data.jsonl", tmp_path / "ok")
+        assert open(got, "rb").read() == b'{"messages": []}\n' * 3
+        for path, fragment in (("/away", "127.0.0.1 is not a public address"), ("/loop", "more than 5 redirects"),
+                               ("/ftp", "only http(s) is followed")):
+            with pytest.raises(RequestError, match=re.escape(fragment)):
+                sources.fetch(base + path, tmp_path / path.strip("/"))
+            assert not list((tmp_path / path.strip("/")).iterdir())  # nothing passes for the dataset, no part left
+    finally:
+        server.shutdown()

@@ -75,23 +75,51 @@ def public_host(host: str, field: str) -> list[str]:
 
 def fetch(uri: str, dest_dir: Path) -> str:
     """A local path for the tuning process: remote URIs are copied into `dest_dir` first (give each dataset of a
-    job its own folder: a train and a validation file may share a basename). An http(s) host is checked again
-    here, as it may resolve elsewhere since the job was created."""
+    job its own folder: a train and a validation file may share a basename)."""
     parsed = urlparse(uri)
     scheme = parsed.scheme.lower()
     if scheme not in REMOTE_SCHEMES and scheme not in ("http", "https"):
         return uri
-    if scheme in ("http", "https"):
-        public_host(parsed.hostname or "", "dataset")
-    import fsspec
-
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / (Path(parsed.path).name or "dataset.jsonl")
     tmp = target.with_name(f".{target.name}.part")  # a killed copy never passes for the dataset
-    with fsspec.open(uri, "rb") as src, open(tmp, "wb") as out:
-        while block := src.read(1 << 20):
-            out.write(block)
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        with open(tmp, "wb") as out:
+            if scheme in REMOTE_SCHEMES:
+                import fsspec
+
+                with fsspec.open(uri, "rb") as src:
+                    while block := src.read(1 << 20):
+                        out.write(block)
+            else:
+                _download(uri, out)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, target)
     return str(target)
+
+
+MAX_REDIRECTS = 5
+
+
+def _download(url: str, out) -> None:
+    """GET an http(s) dataset, following redirects one by one: every host on the way is checked again (it may
+    resolve elsewhere since the job was created, and a public URL may redirect to a private one)."""
+    import httpx
+
+    for _ in range(MAX_REDIRECTS + 1):
+        public_host(urlparse(url).hostname or "", "dataset")
+        with httpx.stream("GET", url, follow_redirects=False, timeout=60) as r:
+            if r.is_redirect and "location" in r.headers:
+                url = str(r.url.join(r.headers["location"]))
+                if urlparse(url).scheme.lower() not in ("http", "https"):
+                    raise RequestError("dataset", f"a redirect to {url!r:.200}: only http(s) is followed")
+                continue
+            r.raise_for_status()
+            for block in r.iter_bytes(1 << 20):
+                out.write(block)
+            return
+    raise RequestError("dataset", f"more than {MAX_REDIRECTS} redirects")
