@@ -130,14 +130,13 @@ def test_concurrent_requests_for_one_model_share_batches(adapters, tiny_model_di
 def test_base_models_beyond_the_memory_bound_are_unloaded_least_recently_used_first(tiny_model_dir, tmp_path):
     """Two base models where the weights of one and a half fit: loading the second unloads the first (idle); asked
     for again, the first is loaded again and answers the same."""
-    from tunery.serve.registry import _weight_bytes
-
     other = tmp_path / "copy-of-tiny"
     shutil.copytree(tiny_model_dir, other)
     first, second = models.resolve(str(tiny_model_dir)), models.resolve(str(other))
     assert first.name != second.name
     one = Registry(runtime=Runtime("cpu", None))
-    size = _weight_bytes(one.base(first).model)
+    size = one.base(first).weight_bytes
+    assert size == sum(p.numel() * 4 for p in one.base(first).loaded.model.parameters())  # float32 weights
     registry = Registry(runtime=Runtime("cpu", None), max_base_bytes=size * 3 // 2)
     text = registry.generate(first, None, [PROMPT], CONFIG)[0].text
     assert registry.generate(second, None, [PROMPT], CONFIG)[0].text == text  # the same weights, copied

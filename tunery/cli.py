@@ -303,22 +303,33 @@ def tune_cmd(local, train_file, validation, base_model, epochs, learning_rate_mu
 
 @cli.command("export")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
-@click.option("--merged", "merged_out", required=True, type=click.Path(file_okay=False),
+@click.option("--merged", "merged_out", type=click.Path(file_okay=False),
               help="Write the base model with the adapter merged in (safetensors, Hugging Face layout).")
+@click.option("--gguf", "gguf_out", type=click.Path(file_okay=False),
+              help="Write adapter.gguf (a llama.cpp LoRA adapter), model.gguf (merged) and Ollama Modelfiles.")
 @click.option("--checkpoint", help="Checkpoint id to export (default: the final adapter).")
-def export_cmd(run_dir, merged_out, checkpoint):
-    """Export a tuned model as a standalone Hugging Face model directory.
+def export_cmd(run_dir, merged_out, gguf_out, checkpoint):
+    """Export a tuned model: a Hugging Face model directory, or GGUF files for llama.cpp and Ollama.
 
-    Example: tunery export runs/alerts --merged models/alerts-merged
+    Examples: tunery export runs/alerts --merged models/alerts-merged;
+    tunery export runs/alerts --gguf models/alerts-gguf && ollama create alerts -f models/alerts-gguf/Modelfile
     """
     from tunery.train import checkpoints as ck
 
+    if not merged_out and not gguf_out:
+        raise TuneryError("nothing to export", hint="pass --merged DIR and/or --gguf DIR")
     run = Path(run_dir)
     adapter = run / ck.CHECKPOINTS_DIR / f"checkpoint-{checkpoint}" if checkpoint else run / ck.ADAPTER_DIR
     if not ck.is_complete(adapter):
         raise TuneryError(f"{adapter}: no complete adapter here", hint="finish the run first (re-run `tunery tune` to resume)")
-    path = ck.export_merged(adapter, Path(merged_out))
-    out.print(f"merged model written to {path}")
+    if merged_out:
+        out.print(f"merged model written to {ck.export_merged(adapter, Path(merged_out))}")
+    if gguf_out:
+        from tunery.serve import gguf
+
+        files = gguf.export(adapter, Path(gguf_out))
+        out.print(f"GGUF files written to {gguf_out}: {files['adapter'].name} (LoRA adapter for {files['base']}), "
+                  f"{files['merged'].name} (merged), Modelfile (ollama create NAME -f {files['modelfile']})")
 
 
 @cli.command("env")

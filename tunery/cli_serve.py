@@ -26,6 +26,9 @@ from tunery.errors import TuneryError
 @click.option("--max-loaded-adapters", type=click.IntRange(min=1), default=8, show_default=True, help="Adapters kept in memory (LRU).")
 @click.option("--max-generation-requests", type=click.IntRange(min=1), default=64, show_default=True,
               help="Generate, stream, count and chat calls in flight; one more gets 429 RESOURCE_EXHAUSTED.")
+@click.option("--engine", type=click.Choice(["auto", "llamacpp", "torch"]), default="auto", show_default=True,
+              help="What generates: llama.cpp (GGUF base and adapters; auto's choice on a CPU where installed) or "
+                   "torch (transformers + PEFT; auto's choice on CUDA, and for Hugging Face model directories).")
 @click.option("--max-request-mb", type=click.IntRange(min=1), default=32, show_default=True,
               help="Largest request body (uploads included); larger ones get 413.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), help="Where jobs run: local child processes "
@@ -42,7 +45,7 @@ from tunery.errors import TuneryError
 @click.option("--allowed-host", multiple=True, help="A Host header name to answer besides loopback's and --host "
               "(repeatable; '*': any). Others get 400, against DNS rebinding.")
 def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, allow_bucket, max_concurrent_jobs,
-              max_pending_jobs, max_loaded_adapters, max_generation_requests, max_request_mb, executor, ray_address,
+              max_pending_jobs, max_loaded_adapters, max_generation_requests, engine, max_request_mb, executor, ray_address,
               ray_token, ray_python, artifacts, allowed_host):
     """Run the Vertex AI tuning API server (point the google-genai SDK's base_url at it).
 
@@ -60,6 +63,12 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, allow_
     if host not in LOOPBACK and not api_key:
         raise TuneryError(f"refusing to listen on {host} without an API key: anyone on the network could tune and "
                           "read models", hint="pass --api-key KEY (or TUNERY_API_KEY), or keep --host 127.0.0.1")
+    if engine == "llamacpp":
+        from tunery.serve.engines import llamacpp_installed
+
+        if not llamacpp_installed():
+            raise TuneryError("--engine llamacpp: llama-cpp-python is not installed",
+                              hint="make install builds it (about 7 minutes on 2 cores); or pip install llama-cpp-python")
     root = Path(home).expanduser() if home else default_home()
     conf = load_settings(root)  # flags win over config.toml
     executor, ray_address = executor or conf.executor, ray_address or conf.ray_address
@@ -70,6 +79,7 @@ def serve_cmd(host, port, home, api_key, allow_path, allow_http_datasets, allow_
                               allow_http_datasets=allow_http_datasets, allow_buckets=tuple(allow_bucket),
                               max_concurrent_jobs=max_concurrent_jobs, max_pending_jobs=max_pending_jobs,
                               max_loaded_adapters=max_loaded_adapters, max_generation_requests=max_generation_requests,
+                              engine=engine,
                               max_request_bytes=max_request_mb << 20,
                               executor=executor, ray_address=ray_address, ray_token=ray_token or None,
                               ray_python=ray_python or conf.ray_python,

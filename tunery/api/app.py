@@ -40,7 +40,7 @@ def _executor(settings: ServerSettings):
 def create_app(settings: ServerSettings) -> FastAPI:
     store = Store(settings.home / "tunery.db")
     worker = Worker(store, max_concurrent=settings.max_concurrent_jobs, executor=_executor(settings))
-    registry = Registry(max_adapters=settings.max_loaded_adapters, threads=worker.serving_threads)
+    registry = Registry(max_adapters=settings.max_loaded_adapters, threads=worker.serving_threads, engine=settings.engine)
     svc = Services(settings, store, worker, registry, JobService(store, settings.policy(), registry.forget),
                    GenerationGate(settings.max_generation_requests))
 

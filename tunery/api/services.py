@@ -44,6 +44,7 @@ class ServerSettings:
     max_pending_jobs: int = 100  # jobs waiting to start; one more is refused with 429 RESOURCE_EXHAUSTED
     max_loaded_adapters: int = DEFAULT_MAX_ADAPTERS
     max_generation_requests: int = 64  # generate/stream/count/chat calls in flight; one more gets 429
+    engine: str = "auto"  # serving engine: llamacpp, torch, or auto (llama.cpp on a CPU when installed)
     validate_on_create_bytes: int = 8 << 20  # datasets this small are validated before create returns
     max_request_bytes: int = 32 << 20  # larger request bodies get 413
     start_worker: bool = True

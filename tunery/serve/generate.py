@@ -64,17 +64,29 @@ def generate(model, template: ChatTemplate, prompts: Sequence[Prompt], config: G
         else:
             rows = greedy(model, ids[:, shared:], mask[:, shared:], config.max_output_tokens, template.end_id,
                           prefix=ids[:1, :shared] if shared else None)
-    results = []
-    for row, prompt_ids in zip(rows, encoded):
-        ended = template.end_id in row
-        tokens = row[: row.index(template.end_id)] if ended else row
-        text = template.decode(tokens)
-        finish = "STOP" if ended else "MAX_TOKENS"
-        for stop in config.stop_sequences:
-            if stop and stop in text:
-                text, finish = text[: text.index(stop)], "STOP"
-        results.append(Generation(text, finish, len(prompt_ids), len(tokens) + (1 if ended else 0)))
-    return results
+    return [finish(row, len(prompt_ids), template, config) for row, prompt_ids in zip(rows, encoded)]
+
+
+def finish(row: list[int], prompt_tokens: int, template: ChatTemplate, config: GenerationConfig) -> Generation:
+    """A generated row of token ids as an answer: cut at the end-of-turn token or the first stop sequence."""
+    ended = template.end_id in row
+    tokens = row[: row.index(template.end_id)] if ended else row
+    text = template.decode(tokens)
+    reason = "STOP" if ended else "MAX_TOKENS"
+    for stop in config.stop_sequences:
+        if stop and stop in text:
+            text, reason = text[: text.index(stop)], "STOP"
+    return Generation(text, reason, prompt_tokens, len(tokens) + (1 if ended else 0))
+
+
+def stopped(row: list[int], template: ChatTemplate, config: GenerationConfig) -> bool:
+    """Whether a row being generated is done: its end-of-turn token, or one of the stop sequences in its text."""
+    if row and row[-1] == template.end_id:
+        return True
+    if not config.stop_sequences:
+        return False
+    text = template.decode(row)
+    return any(stop and stop in text for stop in config.stop_sequences)
 
 
 MIN_SHARED_PREFIX = 8  # tokens; below this a separate prefix pass is not worth it

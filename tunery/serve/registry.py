@@ -1,4 +1,5 @@
 """Serving registry: each base model loaded once per process; tuned adapters attached on demand, a bounded LRU.
+An engine (tunery/serve/engines) does the model work: llama.cpp on a CPU where installed, else torch.
 
 Concurrent requests for one base model queue up. Whichever thread finds the model idle takes the oldest request
 and every queued request with the same adapter and generation config (up to MAX_BATCH prompts), activates that
@@ -13,7 +14,6 @@ import json
 import logging
 import os
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +25,8 @@ from typing import Any
 from tunery import models
 from tunery.device import Runtime, pick
 from tunery.errors import TuneryError
-from tunery.serve.generate import Generation, GenerationConfig, Prompt, generate
+from tunery.serve import engines
+from tunery.serve.generate import Generation, GenerationConfig, Prompt
 from tunery.text.chat_template import ChatTemplate
 
 log = logging.getLogger("tunery")
@@ -53,12 +54,14 @@ class _Pending:
 @dataclass
 class _Base:
     spec: models.BaseModelSpec
-    model: Any  # the transformers model, wrapped in a PeftModel once an adapter is attached
+    engine: engines.Engine
+    loaded: Any  # what the engine loaded
     template: ChatTemplate
+    weight_bytes: int
     cond: threading.Condition = field(default_factory=threading.Condition)
     busy: bool = False  # a thread is using the model (generating, streaming, attaching, evicting)
     queue: list[_Pending] = field(default_factory=list)
-    adapters: OrderedDict = field(default_factory=OrderedDict)  # adapter dir -> adapter name, LRU order
+    adapters: OrderedDict = field(default_factory=OrderedDict)  # adapter dirs attached, LRU order
 
 
 class Registry:
@@ -68,8 +71,11 @@ class Registry:
     pays a wake-up: greedy decoding ran 1.5x slower on a server's request threads than on a single thread."""
 
     def __init__(self, max_adapters: int = DEFAULT_MAX_ADAPTERS, runtime: Runtime | None = None,
-                 threads: Callable[[], int] | None = None, max_base_bytes: int | None = None) -> None:
+                 threads: Callable[[], int] | None = None, max_base_bytes: int | None = None,
+                 engine: str | None = None) -> None:
         self.max_adapters = max_adapters
+        self._engine_name = engine  # None or "auto": chosen by what is installed and the device
+        self._engines: dict[str, engines.Engine] = {}
         # weights of loaded base models kept at most (LRU; a model in use is never dropped): half the RAM by default
         self.max_base_bytes = max_base_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
         self._threads = threads  # how many compute threads generation may use now (fewer while jobs train)
@@ -93,9 +99,8 @@ class Registry:
     def _enter(self, fn, *args):
         self._compute_thread = threading.current_thread()
         if self._threads is not None and (n := self._threads()) != self._threads_set:
-            import torch
-
-            torch.set_num_threads(n)  # this thread's OpenMP team: all model work runs here
+            for engine in self._engines.values():
+                engine.set_threads(n)
             self._threads_set = n
         try:
             return fn(*args)
@@ -108,6 +113,28 @@ class Registry:
         if self._runtime is None:
             self._runtime = self.call(pick)
         return self._runtime
+
+    @property
+    def engine_name(self) -> str:
+        """The server's engine: named, or chosen by what is installed and the device."""
+        if self._engine_name in (None, "auto"):
+            self._engine_name = engines.choose(None, self.runtime)
+        return self._engine_name
+
+    def engine_for(self, spec: models.BaseModelSpec) -> engines.Engine:
+        """The server's engine, or torch for a model llama.cpp cannot serve (a Hugging Face directory)."""
+        from tunery.serve import gguf
+
+        name = self.engine_name
+        if name == "llamacpp" and not gguf.convertible(spec):
+            log.info("serving %s with the torch engine: llama.cpp serves models that come from a GGUF file", spec.name)
+            name = "torch"
+        with self._guard:
+            if name not in self._engines:
+                self._engines[name] = engines.make(name)
+                if self._threads_set:
+                    self._engines[name].set_threads(self._threads_set)
+            return self._engines[name]
 
     def base(self, spec: models.BaseModelSpec) -> _Base:
         """The loaded model, loading it first when needed: on the calling thread, not the compute thread, so
@@ -124,7 +151,9 @@ class Registry:
                     return self._bases[key]
             log.info("loading base model %s for serving", key)
             runtime = self.runtime
-            base = _Base(spec, models.load_model_fresh(spec).to(runtime.device).eval(), models.load_template(spec))
+            engine = self.engine_for(spec)
+            loaded = engine.load(spec, runtime)
+            base = _Base(spec, engine, loaded, models.load_template(spec), engine.weight_bytes(loaded))
             with self._guard:
                 self._bases[key] = base
                 self._loading.pop(key, None)
@@ -134,7 +163,7 @@ class Registry:
     def _evict_bases(self, keep: str) -> None:
         """Drop the least recently used idle base models while the loaded weights are over max_base_bytes."""
         for key in list(self._bases):
-            if sum(_weight_bytes(b.model) for b in self._bases.values()) <= self.max_base_bytes:
+            if sum(b.weight_bytes for b in self._bases.values()) <= self.max_base_bytes:
                 return
             old = self._bases[key]
             if key != keep and not old.busy and not old.queue:
@@ -156,42 +185,19 @@ class Registry:
                 base.busy = False
                 base.cond.notify_all()
 
-    @contextmanager
-    def _activated(self, base: _Base, adapter_dir: str | None) -> Iterator[Any]:
-        """The model with the right adapter active (None: plain base weights). The caller holds the model."""
-        if adapter_dir is None:
-            if base.adapters:
-                with base.model.disable_adapter():
-                    yield base.model
-            else:
-                yield base.model
-            return
-        name = self._attach(base, adapter_dir)
-        base.model.set_adapter(name)
-        yield base.model
-
-    def _attach(self, base: _Base, adapter_dir: str) -> str:
+    def _attach(self, base: _Base, adapter_dir: str) -> None:
+        """Make the adapter loaded (most recently used), evicting the least recently used past max_adapters."""
         if adapter_dir in base.adapters:
             base.adapters.move_to_end(adapter_dir)
-            return base.adapters[adapter_dir]
+            return
         _check_template(Path(adapter_dir), base.template)
-        from peft import PeftModel
-
-        name = f"a{abs(hash(adapter_dir)) % 10**12}"
-        if not base.adapters and not hasattr(base.model, "peft_config"):
-            with warnings.catch_warnings():  # peft calls a transformers method deprecated in 5.x (FutureWarning)
-                warnings.simplefilter("ignore", FutureWarning)
-                base.model = PeftModel.from_pretrained(base.model, adapter_dir, adapter_name=name).eval()
-        else:
-            base.model.load_adapter(adapter_dir, adapter_name=name)
-        base.adapters[adapter_dir] = name
+        base.engine.attach(base.loaded, adapter_dir)
+        base.adapters[adapter_dir] = None
         while len(base.adapters) > self.max_adapters:
-            old_dir, old_name = base.adapters.popitem(last=False)
-            base.model.set_adapter(name)  # the active adapter cannot be deleted
-            base.model.delete_adapter(old_name)
+            old, _ = base.adapters.popitem(last=False)
+            base.engine.detach(base.loaded, old)
             self.evictions += 1
-            log.info("evicted adapter %s (LRU, %d loaded)", old_dir, self.max_adapters)
-        return name
+            log.info("evicted adapter %s (LRU, %d loaded)", old, self.max_adapters)
 
     def forget(self, adapter_dir: str) -> None:
         """Unload an adapter whose model was deleted."""
@@ -201,13 +207,9 @@ class Registry:
 
     @staticmethod
     def _unload(base: _Base, adapter_dir: str) -> None:
-        name = base.adapters.pop(adapter_dir, None)
-        if name is not None:
-            if base.adapters:
-                base.model.set_adapter(next(iter(base.adapters.values())))
-                base.model.delete_adapter(name)
-            else:  # the last adapter: keep the plain model underneath
-                base.model = base.model.unload() if hasattr(base.model, "unload") else base.model
+        if adapter_dir in base.adapters:
+            del base.adapters[adapter_dir]
+            base.engine.detach(base.loaded, adapter_dir)
 
     def generate(self, spec: models.BaseModelSpec, adapter_dir: str | None, prompts: Sequence[Prompt],
                  config: GenerationConfig) -> list[Generation]:
@@ -236,8 +238,11 @@ class Registry:
     def _run_batch(self, base: _Base, batch: list[_Pending]) -> None:
         self.batches += 1
         try:
-            with self._activated(base, batch[0].adapter) as model:
-                gens = generate(model, base.template, [p for r in batch for p in r.prompts], batch[0].config, self.runtime)
+            adapter = batch[0].adapter
+            if adapter is not None:
+                self._attach(base, adapter)
+            gens = base.engine.generate(base.loaded, base.template, adapter, [p for r in batch for p in r.prompts],
+                                        batch[0].config, self.runtime)
             start = 0
             for r in batch:
                 r.result, start = gens[start:start + len(r.prompts)], start + len(r.prompts)
@@ -263,8 +268,10 @@ class Registry:
 
             def run() -> Generation:
                 try:
-                    with self._activated(base, adapter_dir) as model:
-                        return generate(model, base.template, [prompt], config, runtime, streamer=streamer)[0]
+                    if adapter_dir is not None:
+                        self._attach(base, adapter_dir)
+                    return base.engine.generate(base.loaded, base.template, adapter_dir, [prompt], config, runtime,
+                                                streamer=streamer)[0]
                 except BaseException:
                     streamer.end()  # unblock the reader; the error is raised from result() below
                     raise
@@ -274,10 +281,6 @@ class Registry:
                 if piece:
                     yield piece
             yield future.result()
-
-
-def _weight_bytes(model: Any) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _take_batch(queue: list[_Pending]) -> list[_Pending]:

@@ -8,6 +8,7 @@ Nothing is pickled: weights and optimizer tensors are safetensors, the rest JSON
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("tunery")
 COMPLETE = "COMPLETE"
 CHECKPOINTS_DIR = "checkpoints"
 STATE_PREFIX = "state-"
@@ -166,8 +168,23 @@ def save_checkpoint(run_dir: Path, checkpoint_id: str, model, manifest: dict,
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        _gguf_adapter(tmp, manifest)
 
     return write_atomically(run_dir / CHECKPOINTS_DIR / f"checkpoint-{checkpoint_id}", write, crash)
+
+
+def _gguf_adapter(adapter_dir: Path, manifest: dict) -> None:
+    """The adapter as a GGUF LoRA adapter too, for llama.cpp serving, when the base model comes from a GGUF. Never
+    fails the checkpoint: an adapter without one is converted when llama.cpp first serves it."""
+    from tunery import models
+    from tunery.serve import gguf
+
+    try:
+        spec = models.resolve(manifest["base_model"]["name"])
+        if gguf.convertible(spec):
+            gguf.write_adapter(adapter_dir, models.verified_gguf(spec)[0], adapter_dir / gguf.ADAPTER_FILE)
+    except Exception as exc:  # noqa: BLE001 - logged; serving converts it later or says why not
+        log.warning("no GGUF adapter written for %s: %s", adapter_dir.name, exc)
 
 
 def keep_checkpoints(run_dir: Path, ids: list[str]) -> None:
