@@ -493,6 +493,20 @@ def test_evaluation_report_of_a_job_without_one_is_not_found(server, tuned):
     assert r.status_code == 400 and "format: expected json or html" in r.json()["error"]["message"]
 
 
+def test_export_needs_a_gguf_base_and_refuses_unknown_fields(server, tuned):
+    """models.export writes GGUF files (tests/test_llamacpp.py); a model tuned on a Hugging Face directory has no
+    GGUF to export, and a field the API does not define is refused before any work."""
+    url = f"{server.url}/v1/{tuned.tuned_model.model.split('@')[0]}:export"
+    r = httpx.post(url, json={"outputConfig": {"exportFormatId": "gguf"}})
+    assert r.status_code == 400 and r.json()["error"]["status"] == "FAILED_PRECONDITION"
+    assert "is not a GGUF model" in r.json()["error"]["message"]
+    r = httpx.post(url, json={"outputConfig": {"exportFormatId": "gguf", "imageDestination": {}}})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("outputConfig.imageDestination: unknown field")
+    assert httpx.post(url, json={}).status_code == 400
+    assert httpx.post(f"{server.url}/v1/projects/my-project/locations/us-central1/models/nope:export",
+                      json={"outputConfig": {"exportFormatId": "gguf"}}).status_code == 404
+
+
 def test_a_failed_evaluation_keeps_the_tuned_model_and_reports_why(home):
     """An evaluation dataset too big to check at create that turns out bad: the job still succeeds (the tuned model
     is fine), evaluateDatasetRuns carries the error with the line, and the report route says why."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def write_tiny_gguf(hf_dir: Path, out: Path) -> Path:
           "llama.attention.layer_norm_rms_epsilon": float(cfg["rms_norm_eps"]),
           "llama.rope.dimension_count": cfg["hidden_size"] // cfg["num_attention_heads"], "general.file_type": 0}
     writer = g.GGUFWriter(out, "llama")
-    gguf._copy_metadata(source, writer, hp)
+    _copy_metadata(source, writer, hp)
     names = g.get_tensor_name_map(g.MODEL_ARCH.LLAMA, cfg["num_hidden_layers"])
     for key, w in load_file(str(hf_dir / "model.safetensors")).items():
         if key == "lm_head.weight":
@@ -55,6 +56,18 @@ def write_tiny_gguf(hf_dir: Path, out: Path) -> Path:
         writer.add_tensor(name, np.ascontiguousarray(w.astype(np.float32)))
     gguf._write(writer)
     return out
+
+
+def _copy_metadata(reader: Any, writer: Any, replace: dict[str, Any]) -> None:
+    import gguf
+
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue  # written by GGUFWriter itself
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        value = replace.get(field.name, field.contents())
+        writer.add_key_value(field.name, value, kind, sub_type=sub)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +150,28 @@ def test_concurrent_requests_with_different_adapters_do_not_mix(tiny_gguf, adapt
     assert registry.evictions > 0
 
 
+def test_a_request_joins_a_running_decode_and_returns_before_it_ends(tiny_gguf):
+    """Continuous batching: a short request sent while a long answer streams is admitted between its decode steps
+    (one serving loop for both) and answered long before the long one ends."""
+    registry = Registry(runtime=Runtime("cpu", None), engine="llamacpp")
+    long_config = GenerationConfig(max_output_tokens=400)
+    alone = registry.generate(tiny_gguf, None, PROMPTS[:1], long_config)[0]
+    assert alone.output_tokens == 400  # the random base model never says its end-of-turn token here
+    loops = registry.batches
+    events: list[str] = []
+    short: list = []
+    stream = registry.stream(tiny_gguf, None, PROMPTS[0], long_config)
+    next(stream)  # the long answer is decoding
+    worker = threading.Thread(target=lambda: (short.append(registry.generate(tiny_gguf, None, PROMPTS[1:2], GREEDY)[0]),
+                                              events.append("short")))
+    worker.start()
+    *_, last = list(stream)
+    events.append("long")
+    worker.join()
+    assert events == ["short", "long"] and registry.batches == loops + 1
+    assert last.output_tokens == 400 and short[0].output_tokens <= GREEDY.max_output_tokens
+
+
 def test_stream_pieces_join_to_the_answer_and_stop_sequences_cut(tiny_gguf, adapters):
     registry = Registry(runtime=Runtime("cpu", None), engine="llamacpp")
     full = registry.generate(tiny_gguf, adapters[1], PROMPTS[:1], GREEDY)[0]
@@ -185,3 +220,50 @@ def test_gguf_export_loads_in_llama_cpp_and_answers_as_the_endpoint(tiny_gguf, a
             tokens.append(tok)
         llm.close()
         assert template.decode(tokens) == endpoint.text, kwargs
+
+
+def test_a_job_on_a_gguf_model_serves_on_llama_cpp_and_exports_through_rest(tiny_gguf, tmp_path):
+    """The whole path through the real server and SDK: tune on a GGUF base, the endpoint answers on llama.cpp
+    what the torch engine answers, and models.export writes GGUF files that llama.cpp loads."""
+    import httpx
+    from google.genai import types
+
+    from tests.helpers import tunery_home
+    from tests.test_api import LiveServer, sdk, wait_done
+
+    rows = [contents(("user", f"Say it {i}"), ("model", "cherry cherry")) for i in range(16)]
+    (tmp_path / "home").mkdir()
+    with tunery_home(tmp_path / "home", Path(tiny_gguf.name)) as home, LiveServer(home) as server:
+        write_jsonl(home / "train.jsonl", rows)
+        client = sdk(server.url)
+        job = wait_done(client, client.tunings.tune(
+            base_model="gemini-2.0-flash-001", training_dataset=types.TuningDataset(gcs_uri=str(home / "train.jsonl")),
+            config=types.CreateTuningJobConfig(epoch_count=4, adapter_size="ADAPTER_SIZE_FOUR",
+                                               learning_rate_multiplier=15.0)).name)
+        assert job.state.name == "JOB_STATE_SUCCEEDED", job.error
+        answer = client.models.generate_content(model=job.tuned_model.endpoint, contents="Say it 3",
+                                                config={"temperature": 0.0, "max_output_tokens": 6})
+        registry = server.services.registry
+        assert registry.engine_for(tiny_gguf).name == "llamacpp"
+        model = server.services.jobs.tuned_model(job.tuned_model.model)
+        reference = Registry(runtime=Runtime("cpu", None), engine="torch").generate(
+            tiny_gguf, model.adapter_dir, [Prompt((Turn("user", "Say it 3"),))], GenerationConfig(max_output_tokens=6))[0]
+        assert answer.text == reference.text and answer.text.startswith("cherry")
+
+        url = f"{server.url}/v1/{job.tuned_model.model}:export"
+        bad = httpx.post(url, json={"outputConfig": {"exportFormatId": "tf-saved-model"}})
+        assert bad.status_code == 400 and "outputConfig.exportFormatId" in bad.json()["error"]["message"]
+        outside = httpx.post(url, json={"outputConfig": {"exportFormatId": "gguf",
+                                                         "artifactDestination": {"outputUriPrefix": "/etc"}}})
+        assert outside.status_code == 403, outside.text
+        op = httpx.post(url, json={"outputConfig": {"exportFormatId": "gguf"}}, timeout=300).json()  # it writes ~40 MB
+        assert op["done"] is True and op["response"]["@type"].endswith("ExportModelResponse")
+        out = Path(op["metadata"]["outputInfo"]["artifactOutputUri"].removeprefix("file://"))
+        assert out == home / "exports" / f"{model.id}-gguf"
+        assert {"adapter.gguf", "model.gguf", "Modelfile", "Modelfile.adapter"} <= {p.name for p in out.iterdir()}
+        again = httpx.post(url, json={"outputConfig": {"exportFormatId": "gguf"}}, timeout=300)
+        assert again.status_code == 409, again.text
+        assert httpx.get(f"{server.url}/v1/{op['name']}").json() == op
+        llm = llama_cpp.Llama(model_path=str(out / "model.gguf"), n_ctx=256, verbose=False)
+        assert llm.n_vocab() == 49152
+        llm.close()

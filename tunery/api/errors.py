@@ -62,7 +62,7 @@ def body_for(path: str, http: int, message: str, status_name: str | None = None,
 
 
 HTTP_OF = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,
-           "RESOURCE_EXHAUSTED": 429}
+           "ALREADY_EXISTS": 409, "RESOURCE_EXHAUSTED": 429}
 
 
 def from_request_error(exc: RequestError, names: dict[str, str]) -> ApiError:

@@ -57,6 +57,26 @@ def resolve(uri: str, field: str, allowed_roots: list[Path], allow_http: bool,
     return str(path)
 
 
+def writable_dir(uri: str, field: str, allowed_roots: list[Path]) -> Path:
+    """A local directory (a path or file:// URI, made if missing) under an allowed root, after symlinks."""
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower() if len(parsed.scheme) > 1 else ""
+    if scheme not in ("", "file"):
+        raise RequestError(field, f"expected a local directory or file:// URI, found {scheme}://")
+    raw = unquote(parsed.path) if scheme == "file" else uri
+    try:
+        path = Path(os.path.realpath(os.path.expanduser(raw)))
+    except ValueError as exc:  # a NUL byte
+        raise RequestError(field, f"{raw!r:.200}: not a usable path ({exc})") from exc
+    if not raw or not any(path == root or root in path.parents for root in allowed_roots):
+        roots = ", ".join(str(r) for r in allowed_roots)
+        raise RequestError(field, f"{raw or '(empty)'} is outside the directories this server may write ({roots})",
+                           status="PERMISSION_DENIED")
+    if path.exists() and not path.is_dir():
+        raise RequestError(field, f"{raw}: not a directory")
+    return path
+
+
 def public_host(host: str, field: str) -> list[str]:
     """The addresses `host` resolves to, refused when any is loopback, link-local, private or otherwise not a
     public address: a dataset URL must not make the server read from itself or its private network."""

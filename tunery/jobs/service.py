@@ -230,6 +230,26 @@ class JobService:
             raise RequestError("", f"publisher model {name} not found: {exc.message}", status="NOT_FOUND") from exc
         return Target(spec, None, spec.name)
 
+    def export_gguf(self, model_id: str, project: str | None, location: str | None, destination: str | None) -> Path:
+        """A tuned model's GGUF files (adapter, merged model, Ollama Modelfiles) written to `destination`/<model
+        id>-gguf, a directory under the allowed roots (default: HOME/exports). An existing one is never replaced."""
+        from tunery.serve import gguf
+
+        field = "outputConfig.artifactDestination.outputUriPrefix"
+        model = self.tuned_model(model_id, project, location)
+        if not gguf.convertible(models.resolve(model.base_model)):
+            raise RequestError("", f"tuned model {model.id}: its base model {model.base_model} is not a GGUF model, so "
+                                   "there is no GGUF to export (tunery export --merged writes a Hugging Face model)",
+                               status="FAILED_PRECONDITION")
+        root = self.policy.allowed_roots[0] / "exports" if destination is None else \
+            sources.writable_dir(destination, field, list(self.policy.allowed_roots))
+        out = root / f"{model.id}-gguf"
+        if out.exists():
+            raise RequestError(field, f"{out} exists already; remove it or name another directory",
+                               status="ALREADY_EXISTS")
+        gguf.export(Path(model.adapter_dir), out)
+        return out
+
     def delete_model(self, model_id: str, project: str | None = None, location: str | None = None) -> None:
         """Vertex cannot delete tuned models; tunery can: rows, loaded adapters and files go."""
         model = self.tuned_model(model_id, project, location)

@@ -16,6 +16,8 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ log = logging.getLogger("tunery")
 ADAPTER_FILE = "adapter.gguf"
 DTYPES = ("f16", "f32")
 _PERMUTE_QK = {"llama"}  # architectures whose q/k rows llama.cpp's converter permutes (LlamaModel.permute)
-_VERSION = 1  # bump when the written files change: cached conversions are rebuilt
+_VERSION = 2  # bump when the written files change: cached conversions are rebuilt
 
 
 class NotConvertible(TuneryError):
@@ -59,17 +61,7 @@ def base_gguf(spec: models.BaseModelSpec, dtype: str = "f16") -> Path:
 
 
 def _dequantized(source: Path, out: Path, dtype: str) -> None:
-    import gguf
-
-    reader = gguf.GGUFReader(source)
-    writer = gguf.GGUFWriter(out, _arch(reader))
-    file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
-    _copy_metadata(reader, writer, {"general.file_type": int(file_type)})
-    for t in reader.tensors:
-        w = gguf.dequantize(t.data, t.tensor_type)  # float32, rows x columns (ne reversed)
-        # 1-d tensors (norms, biases) stay f32, as llama.cpp's converter keeps them
-        writer.add_tensor(t.name, w.astype(np.float16) if dtype == "f16" and w.ndim > 1 else w.astype(np.float32))
-    _write(writer)
+    _rewrite(source, out, dtype)
 
 
 def write_file(target: Path, write) -> Path:
@@ -88,24 +80,39 @@ def write_file(target: Path, write) -> Path:
     return target
 
 
-def _arch(reader: Any) -> str:
-    return reader.fields["general.architecture"].contents()
-
-
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
-def header(path: Path) -> tuple[dict[str, Any], list[str]]:
-    """A GGUF file's scalar metadata and its tensor names, read straight from the header. gguf's GGUFReader
-    builds a numpy view per vocabulary entry: 6.6 s for SmolLM2's 49,152 tokens, for three numbers."""
+@dataclass
+class _Tensor:
+    name: str
+    dims: tuple[int, ...]  # ne: the row length first
+    kind: int  # GGMLQuantizationType
+    offset: int  # from the start of the data section
+
+
+@dataclass
+class _Layout:
+    """Where things are in a GGUF file, read straight from its header. gguf's GGUFReader builds a numpy view per
+    vocabulary entry: 6.6 s for SmolLM2's 49,152 tokens; this takes 0.1 s."""
+    version: int
+    n_kv: int
+    kv: dict[str, Any]  # scalar values (arrays skipped)
+    kv_bytes: tuple[int, int]  # the metadata section, to copy as it is
+    file_type_at: int | None  # where general.file_type's uint32 value is
+    tensors: list[_Tensor]
+    data_start: int
+
+
+def _layout(path: Path) -> _Layout:
     import mmap
     import struct
 
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         if buf[:4] != b"GGUF":
             raise NotConvertible(f"{path}: not a GGUF file")
-        n_tensors, n_kv = struct.unpack_from("<QQ", buf, 8)
-        pos, kv = 24, {}
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+        pos, kv, file_type_at = 24, {}, None
 
         def string(at: int) -> tuple[str, int]:
             (n,) = struct.unpack_from("<Q", buf, at)
@@ -128,26 +135,70 @@ def header(path: Path) -> tuple[dict[str, Any], list[str]]:
         for _ in range(n_kv):
             key, pos = string(pos)
             (kind,) = struct.unpack_from("<I", buf, pos)
+            if key == "general.file_type" and kind == 4:
+                file_type_at = pos + 4
             kv[key], pos = value(kind, pos + 4)
-        names = []
+        kv_end, tensors = pos, []
         for _ in range(n_tensors):
             name, pos = string(pos)
-            (dims,) = struct.unpack_from("<I", buf, pos)
-            pos += 4 + 8 * dims + 4 + 8  # dims, type, offset
-            names.append(name)
-    return {k: v for k, v in kv.items() if v is not None}, names
+            (n_dims,) = struct.unpack_from("<I", buf, pos)
+            dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
+            kind, offset = struct.unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
+            tensors.append(_Tensor(name, tuple(dims), kind, offset))
+            pos += 4 + 8 * n_dims + 12
+        align = int(kv.get("general.alignment", 32))
+    return _Layout(version, n_kv, {k: v for k, v in kv.items() if v is not None}, (24, kv_end), file_type_at,
+                   tensors, -(-pos // align) * align)
 
 
-def _copy_metadata(reader: Any, writer: Any, replace: dict[str, Any]) -> None:
+def header(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """A GGUF file's scalar metadata and its tensor names."""
+    layout = _layout(path)
+    return layout.kv, [t.name for t in layout.tensors]
+
+
+def _rewrite(source: Path, out: Path, dtype: str, change: Callable[[str, np.ndarray], np.ndarray] | None = None) -> None:
+    """Copy a GGUF with every tensor dequantized to `dtype` (1-d ones, norms, kept in f32 as llama.cpp's
+    converter keeps them) and `change(name, float32 weights)` applied: the metadata bytes (vocabulary included)
+    copied as they are but for general.file_type."""
+    import struct
+
     import gguf
 
-    for field in reader.fields.values():
-        if field.name.startswith("GGUF.") or field.name == "general.architecture":
-            continue  # written by GGUFWriter itself
-        kind = field.types[0]
-        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        value = replace.get(field.name, field.contents())
-        writer.add_key_value(field.name, value, kind, sub_type=sub)
+    layout = _layout(source)
+    align = int(layout.kv.get("general.alignment", 32))
+    f16, f32 = int(gguf.GGMLQuantizationType.F16), int(gguf.GGMLQuantizationType.F32)
+    kinds = [f16 if dtype == "f16" and len(t.dims) > 1 else f32 for t in layout.tensors]
+    sizes = [int(np.prod(t.dims)) * (2 if k == f16 else 4) for t, k in zip(layout.tensors, kinds)]
+    raw = np.memmap(source, dtype=np.uint8, mode="r")
+    meta = bytearray(raw[layout.kv_bytes[0]:layout.kv_bytes[1]])
+    if layout.file_type_at is not None:
+        file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
+        struct.pack_into("<I", meta, layout.file_type_at - layout.kv_bytes[0], int(file_type))
+    infos, offset = bytearray(), 0
+    for t, kind, size in zip(layout.tensors, kinds, sizes):
+        name = t.name.encode()
+        infos += struct.pack("<Q", len(name)) + name + struct.pack(f"<I{len(t.dims)}Q", len(t.dims), *t.dims)
+        infos += struct.pack("<IQ", kind, offset)
+        offset += -(-size // align) * align
+    with open(out, "wb") as f:
+        f.write(b"GGUF" + struct.pack("<IQQ", layout.version, len(layout.tensors), layout.n_kv))
+        f.write(meta)
+        f.write(infos)
+        f.write(b"\0" * (-f.tell() % align))
+        for t, kind, size in zip(layout.tensors, kinds, sizes):
+            block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.kind)]
+            row_bytes = t.dims[0] // block * type_size
+            rows = int(np.prod(t.dims[1:])) if len(t.dims) > 1 else 1
+            start = layout.data_start + t.offset
+            w = gguf.dequantize(raw[start:start + rows * row_bytes].reshape(rows, row_bytes), gguf.GGMLQuantizationType(t.kind))
+            w = w.reshape(tuple(reversed(t.dims)))
+            if change is not None:
+                w = change(t.name, w)
+            data = (w.astype(np.float16) if kind == f16 else w.astype(np.float32)).tobytes()
+            assert len(data) == size
+            f.write(data)
+            f.write(b"\0" * (-size % align))
 
 
 def _write(writer: Any) -> None:
@@ -249,19 +300,8 @@ def _permute(rows: np.ndarray, heads: int) -> np.ndarray:
 
 def write_merged(adapter_dir: Path, base: Path, out: Path, dtype: str = "f16") -> None:
     """One GGUF with the adapter merged into the base weights (what `ollama create` or llama-cli load alone)."""
-    import gguf
-
     lora = lora_tensors(adapter_dir, base)
-    reader = gguf.GGUFReader(base)
-    writer = gguf.GGUFWriter(out, _arch(reader))
-    file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
-    _copy_metadata(reader, writer, {"general.file_type": int(file_type)})
-    for t in reader.tensors:
-        w = gguf.dequantize(t.data, t.tensor_type)
-        if t.name in lora.pairs:
-            w = w + lora.delta(t.name)
-        writer.add_tensor(t.name, w.astype(np.float16) if dtype == "f16" and w.ndim > 1 else w.astype(np.float32))
-    _write(writer)
+    _rewrite(base, out, dtype, lambda name, w: w + lora.delta(name) if name in lora.pairs else w)
 
 
 def modelfile(template_family: str, stop: str, model: str, adapter: str | None, system: str | None) -> str:

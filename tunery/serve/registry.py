@@ -1,11 +1,13 @@
 """Serving registry: each base model loaded once per process; tuned adapters attached on demand, a bounded LRU.
 An engine (tunery/serve/engines) does the model work: llama.cpp on a CPU where installed, else torch.
 
-Concurrent requests for one base model queue up. Whichever thread finds the model idle takes the oldest request
-and every queued request with the same adapter and generation config (up to MAX_BATCH prompts), activates that
-adapter (or disables adapters, for the base model) and generates them as one batch. Weights are never mixed
-between requests, and concurrent clients share the batch: on a CPU, 8 prompts in one batch cost far less than
-8 one after the other.
+Concurrent requests for one base model queue up. With llama.cpp (an engine with `serve`), one loop on the compute
+thread serves the queue with continuous batching: the oldest request's adapter is set, and queued requests for it
+join the running decode between steps, each returning as soon as its own answers are done. With torch, whichever
+thread finds the model idle takes the oldest request and every queued request with the same adapter and
+generation config (up to MAX_BATCH prompts), activates that adapter (or disables adapters, for the base model) and
+generates them as one batch. Weights are never mixed between requests, and concurrent clients share the decode:
+on a CPU, 8 prompts decoded together cost far less than 8 one after the other.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +35,7 @@ from tunery.text.chat_template import ChatTemplate
 log = logging.getLogger("tunery")
 DEFAULT_MAX_ADAPTERS = 8
 MAX_BATCH = 16  # prompts generated together
+FAIR_SECONDS = 2.0  # a continuous-batching loop admits new requests this long while other work waits for its thread
 _IMPORT_LOCK = threading.Lock()
 
 
@@ -46,6 +50,7 @@ class _Pending:
     adapter: str | None
     prompts: list[Prompt]
     config: GenerationConfig
+    streamer: Any = None  # a stream's: gets the prompt's ids, then each token (continuous engines only)
     result: list[Generation] | None = None
     error: BaseException | None = None
     done: bool = False
@@ -62,6 +67,7 @@ class _Base:
     busy: bool = False  # a thread is using the model (generating, streaming, attaching, evicting)
     queue: list[_Pending] = field(default_factory=list)
     adapters: OrderedDict = field(default_factory=OrderedDict)  # adapter dirs attached, LRU order
+    exclusive_waiting: int = 0  # threads waiting to hold the model alone (an unload, a torch stream)
 
 
 class Registry:
@@ -99,7 +105,10 @@ class Registry:
     def _enter(self, fn, *args):
         self._compute_thread = threading.current_thread()
         if self._threads is not None and (n := self._threads()) != self._threads_set:
-            for engine in self._engines.values():
+            import torch
+
+            torch.set_num_threads(n)  # this thread's OpenMP team: torch work on it (the precision probe, torch models)
+            for engine in list(self._engines.values()):
                 engine.set_threads(n)
             self._threads_set = n
         try:
@@ -175,8 +184,10 @@ class Registry:
     def _exclusive(self, base: _Base) -> Iterator[None]:
         """Wait until the model is idle and hold it."""
         with base.cond:
+            base.exclusive_waiting += 1
             while base.busy:
                 base.cond.wait()
+            base.exclusive_waiting -= 1
             base.busy = True
         try:
             yield
@@ -215,6 +226,9 @@ class Registry:
                  config: GenerationConfig) -> list[Generation]:
         base = self.base(spec)
         me = _Pending(adapter_dir, list(prompts), config)
+        if hasattr(base.engine, "serve"):
+            self._enqueue(base, me)
+            return self._wait(base, me)
         with base.cond:
             base.queue.append(me)
         while True:
@@ -234,6 +248,74 @@ class Registry:
         if me.error is not None:
             raise me.error
         return me.result  # type: ignore[return-value]
+
+    # ------------------------------------------------ continuous batching (engines with `serve`: llama.cpp)
+
+    def _enqueue(self, base: _Base, me: _Pending) -> None:
+        """Queue a request; start the serving loop on the compute thread unless one runs. The loop admits queued
+        requests between decode steps, so a request never waits for a batch to end."""
+        with base.cond:
+            base.queue.append(me)
+            if not base.busy:
+                base.busy = True
+                self._compute.submit(self._enter, self._serve, base)
+
+    @staticmethod
+    def _wait(base: _Base, me: _Pending) -> list[Generation]:
+        with base.cond:
+            while not me.done:
+                base.cond.wait()
+        if me.error is not None:
+            raise me.error
+        return me.result  # type: ignore[return-value]
+
+    def _serve(self, base: _Base) -> None:
+        """Serve the queue until it is empty, one adapter's requests at a time (the oldest request's first)."""
+        try:
+            while True:
+                with base.cond:
+                    if not base.queue:
+                        return
+                    adapter = base.queue[0].adapter
+                try:
+                    if adapter is not None:
+                        self._attach(base, adapter)
+                except BaseException as exc:  # a bad adapter fails its own requests only
+                    with base.cond:
+                        failed = [r for r in base.queue if r.adapter == adapter]
+                        base.queue[:] = [r for r in base.queue if r.adapter != adapter]
+                    for r in failed:
+                        self._deliver(base, r, error=exc)
+                    continue
+                self.batches += 1
+                started = time.monotonic()
+                base.engine.serve(base.loaded, base.template, adapter, lambda: self._take(base, adapter, started),
+                                  lambda r, **kw: self._deliver(base, r, **kw))
+        finally:
+            with base.cond:
+                base.busy = False
+                base.cond.notify_all()
+
+    def _take(self, base: _Base, adapter: str | None, started: float) -> _Pending | None:
+        """The next request to admit: the oldest queued one, if it wants this adapter (first come, first served:
+        another adapter's request ends the admitting, and the loop switches once the live ones finish). After
+        FAIR_SECONDS, none while another model's requests or an unload wait for the compute thread."""
+        with base.cond:
+            if not base.queue or base.queue[0].adapter != adapter:
+                return None
+            if time.monotonic() - started > FAIR_SECONDS and (base.exclusive_waiting or any(
+                    b.queue for b in list(self._bases.values()) if b is not base)):
+                return None
+            return base.queue.pop(0)
+
+    @staticmethod
+    def _deliver(base: _Base, r: _Pending, result: list[Generation] | None = None,
+                 error: BaseException | None = None) -> None:
+        if r.streamer is not None:
+            r.streamer.end()  # the reader stops; the answer (or the error) comes from _wait
+        with base.cond:
+            r.result, r.error, r.done = result, error, True
+            base.cond.notify_all()
 
     def _run_batch(self, base: _Base, batch: list[_Pending]) -> None:
         self.batches += 1
@@ -261,6 +343,15 @@ class Registry:
 
         base = self.base(spec)
         runtime = self.runtime
+        if hasattr(base.engine, "serve"):
+            streamer = TextIteratorStreamer(_DecodeAdapter(base.template), skip_prompt=True)
+            me = _Pending(adapter_dir, [prompt], config, streamer)
+            self._enqueue(base, me)
+            for piece in streamer:
+                if piece:
+                    yield piece
+            yield self._wait(base, me)[0]
+            return
         with self._exclusive(base):
             if adapter_dir is not None:
                 self.call(self._attach, base, adapter_dir)  # a bad adapter fails here, before any text is sent

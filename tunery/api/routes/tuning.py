@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body
 
 from tunery.api.errors import ApiError
 from tunery.api.services import Services, Svc
+from tunery.api.wire import endpoints as we
 from tunery.api.wire import tuning as wire
 from tunery.api.wire.common import page
 from tunery.jobs import child, states
@@ -102,6 +103,17 @@ def list_models(project: str, location: str, svc: Svc, pageSize: int | None = No
     if nxt is not None:
         out["nextPageToken"] = str(nxt)
     return out
+
+
+@router.post(PLACE + "/models/{model_id}:export")
+def export_model(project: str, location: str, model_id: str, svc: Svc, body: Any = Body(...)) -> dict:
+    """models.export with exportFormatId "gguf": adapter.gguf, model.gguf and Ollama Modelfiles in a directory
+    under the server's roots; a finished operation whose metadata names it (artifactOutputUri)."""
+    out = svc.jobs.export_gguf(model_id, project, location, wire.parse_export(body))
+    op = we.done_operation(f"projects/{project}/locations/{location}", we.EXPORT_RESPONSE)
+    op["metadata"] = {"@type": we.EXPORT_METADATA, "outputInfo": {"artifactOutputUri": out.as_uri()}}
+    svc.store.add_operation(op["name"], op)
+    return op
 
 
 @router.delete(PLACE + "/models/{model_id}")

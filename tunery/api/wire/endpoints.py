@@ -9,6 +9,8 @@ from tunery.jobs.store import Endpoint, Model, new_id
 
 EMPTY = "type.googleapis.com/google.protobuf.Empty"
 UNDEPLOY_RESPONSE = "type.googleapis.com/google.cloud.aiplatform.v1.UndeployModelResponse"
+EXPORT_RESPONSE = "type.googleapis.com/google.cloud.aiplatform.v1.ExportModelResponse"
+EXPORT_METADATA = "type.googleapis.com/google.cloud.aiplatform.v1.ExportModelOperationMetadata"
 
 
 def endpoint_json(ep: Endpoint, model: Model) -> dict:

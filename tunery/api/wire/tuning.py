@@ -314,3 +314,25 @@ def default_checkpoint_id(checkpoints: list[dict]) -> str | None:
     tuned before it chose."""
     chosen = [c for c in checkpoints if c.get("default")]
     return (chosen or checkpoints or [{}])[-1].get("checkpointId")
+
+
+EXPORT_FORMATS = ("gguf",)  # models.export: what tunery writes (exportFormatId)
+
+
+def parse_export(body: Any) -> str | None:
+    """A models.export body ({outputConfig: {exportFormatId, artifactDestination: {outputUriPrefix}}}): the
+    destination directory asked for (None: the server's default), every other field refused."""
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body: expected an ExportModelRequest object, found {type(body).__name__}")
+    known_fields(body, ("outputConfig",), "", "ExportModelRequest")
+    config = object_field(get(body, "outputConfig"), "outputConfig")
+    if config is None:
+        raise ApiError(400, f"outputConfig: required, with exportFormatId one of {', '.join(EXPORT_FORMATS)}")
+    known_fields(config, ("exportFormatId", "artifactDestination"), "outputConfig.", "ExportModelRequest.OutputConfig")
+    fmt = str_field(get(config, "exportFormatId"), "outputConfig.exportFormatId", 64)
+    if fmt not in EXPORT_FORMATS:
+        raise ApiError(400, f"outputConfig.exportFormatId: expected one of {', '.join(EXPORT_FORMATS)} (GGUF files "
+                            f"for llama.cpp and Ollama), found {fmt!r:.60}")
+    dest = object_field(get(config, "artifactDestination"), "outputConfig.artifactDestination") or {}
+    known_fields(dest, ("outputUriPrefix",), "outputConfig.artifactDestination.", "GcsDestination")
+    return str_field(get(dest, "outputUriPrefix"), "outputConfig.artifactDestination.outputUriPrefix")

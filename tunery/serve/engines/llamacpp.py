@@ -1,9 +1,10 @@
 """The llama.cpp engine: llama.cpp through llama-cpp-python's C API, one loaded model and one context per base model.
 
-The prompts of a batch decode together as llama.cpp sequences (one `llama_batch` per step, a sequence id per
-prompt) in a unified KV cache of the model's context length; a batch whose prompts and answers would not fit is split.
-Adapters are GGUF LoRA adapters loaded beside the base weights and set on the context for the batch that needs
-them (the cache is cleared per batch, so switching costs nothing). Prompts are token ids rendered by tunery's
+Requests are decoded with continuous batching (`serve`): each prompt is a llama.cpp sequence, all live sequences
+step together (one `llama_batch` per step) in a unified KV cache of the model's context length, a request that
+arrives while others decode joins at the next step, and each request returns as soon as its own answers are done.
+Adapters are GGUF LoRA adapters loaded beside the base weights and set on the context for the requests that need
+them (the registry serves one adapter's queue at a time, and the cache is cleared between them). Prompts are token ids rendered by tunery's
 own chat template, and text is decoded by tunery's tokenizer: the same ids and text as the torch engine and as
 training. Greedy picks the arg-max logit; sampling applies temperature, top-k then top-p to the logits, as
 transformers does, from a generator seeded per batch.
@@ -14,7 +15,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from collections.abc import Sequence
+from types import SimpleNamespace
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,43 +120,88 @@ class LlamaCppEngine:
 
     def generate(self, loaded: _Loaded, template: ChatTemplate, adapter_dir: str | None, prompts: Sequence[Prompt],
                  config: GenerationConfig, runtime: Runtime, streamer: Any = None) -> list[Generation]:
-        self.lib.llama_set_n_threads(loaded.ctx, self.threads, self.threads)
-        self._activate(loaded, adapter_dir)
-        encoded = [template.render_prompt(p.turns, p.system) for p in prompts]
-        rng = np.random.default_rng(config.seed) if config.temperature > 0 else None
-        rows: list[list[int]] = []
-        for group in _fitting(encoded, config.max_output_tokens, loaded.n_ctx):
-            rows += self._decode(loaded, template, [encoded[i] for i in group], config, rng, streamer)
-        return [finish(row, len(ids), template, config) for row, ids in zip(rows, encoded)]
-
-    def _decode(self, loaded: _Loaded, template: ChatTemplate, encoded: list[list[int]], config: GenerationConfig,
-                rng: np.random.Generator | None, streamer: Any) -> list[list[int]]:
-        """Each prompt's continuation: all sequences step together; a finished one leaves the batch."""
-        lib = self.lib
-        lib.llama_memory_clear(lib.llama_get_memory(loaded.ctx), True)
-        if streamer is not None:
-            streamer.put(np.array([encoded[0]]))
-        logits = self._prefill(loaded, encoded)
-        out: list[list[int]] = [[] for _ in encoded]
-        alive = list(range(len(encoded)))
-        for step in range(config.max_output_tokens):
-            for seq in alive:
-                token = _pick(logits[seq], config, rng)
-                out[seq].append(token)
-                if streamer is not None:
-                    streamer.put(np.array([token]))
-            alive = [s for s in alive if not stopped(out[s], template, config)]
-            if not alive or step == config.max_output_tokens - 1:
-                break
-            tokens = [(out[s][-1], len(encoded[s]) + step, s, True) for s in alive]
-            logits = self._run(loaded, tokens)
+        """One request on its own: `serve` with a queue of one."""
+        queue = [SimpleNamespace(prompts=list(prompts), config=config, streamer=streamer)]
+        done: dict[str, Any] = {}
+        self.serve(loaded, template, adapter_dir, lambda: queue.pop() if queue else None,
+                   lambda _, result=None, error=None: done.update(result=result, error=error))
         if streamer is not None:
             streamer.end()
-        return out
+        if done.get("error") is not None:
+            raise done["error"]
+        return done["result"]
 
-    def _prefill(self, loaded: _Loaded, encoded: list[list[int]]) -> dict[int, np.ndarray]:
-        """The prompts through the model in chunks; the logits after each prompt's last token, by sequence."""
-        tokens = [(tok, pos, seq, pos == len(ids) - 1) for seq, ids in enumerate(encoded) for pos, tok in enumerate(ids)]
+    def serve(self, loaded: _Loaded, template: ChatTemplate, adapter_dir: str | None, take: Callable[[], Any],
+              deliver: Callable[..., None]) -> None:
+        """Continuous batching: decode the requests `take()` hands out (the registry's queued requests for this
+        adapter, oldest first, None when there are none), admitting new ones between decode steps whenever a
+        sequence slot and the KV cells their prompt and answer need are free, and `deliver(request, result=...)`
+        each as soon as its own answers are done, so a short answer never waits for a long one. Returns when
+        nothing is left; an error is delivered to every request it holds."""
+        self.lib.llama_set_n_threads(loaded.ctx, self.threads, self.threads)
+        self._activate(loaded, adapter_dir)
+        mem = self.lib.llama_get_memory(loaded.ctx)
+        self.lib.llama_memory_clear(mem, True)
+        held: list[_Request] = []  # taken, not all of whose prompts are admitted yet
+        live: dict[int, _Seq] = {}  # sequence id -> sequence being decoded
+        logits: dict[int, np.ndarray] = {}
+        try:
+            while True:
+                new = self._admit(loaded, template, take, held, live)
+                if new:
+                    logits |= self._prefill_seqs(loaded, new)
+                if not live:
+                    return
+                step = []
+                for sid, seq in list(live.items()):
+                    token = _pick(logits.pop(sid), seq.request.config, seq.rng)
+                    seq.out.append(token)
+                    seq.request.put(seq.index, token)
+                    if stopped(seq.out, template, seq.request.config) or len(seq.out) == seq.request.config.max_output_tokens:
+                        del live[sid]
+                        self.lib.llama_memory_seq_rm(mem, sid, -1, -1)
+                        if seq.request.finish(seq.index, seq.out, template):
+                            deliver(seq.request.pending, result=seq.request.results)
+                    else:
+                        step.append((token, len(seq.ids) + len(seq.out) - 1, sid, True))
+                if step:
+                    logits |= self._run(loaded, step)
+        except BaseException as exc:  # noqa: BLE001 - every request this loop holds gets the error
+            for request in _unique([s.request for s in live.values()] + held):
+                deliver(request.pending, error=exc)
+            self.lib.llama_memory_clear(mem, True)
+
+    def _admit(self, loaded: _Loaded, template: ChatTemplate, take: Callable[[], Any], held: list["_Request"],
+               live: dict[int, "_Seq"]) -> list[tuple[int, "_Seq"]]:
+        """New sequences for free slots, from the held requests and then newly taken ones, while the KV cells
+        their prompts and answers need are free (a request's prompts may be admitted a few at a time)."""
+        used = sum(len(s.ids) + s.request.config.max_output_tokens for s in live.values())
+        new: list[tuple[int, _Seq]] = []
+        while len(live) < MAX_SEQUENCES:
+            if not held:
+                pending = take()
+                if pending is None:
+                    break
+                held.append(_Request(pending, template))
+            request = held[0]
+            ids = request.encoded[request.next]
+            need = len(ids) + request.config.max_output_tokens
+            if used + need > loaded.n_ctx and live:
+                break  # wait for cells to free up (alone, a prompt always fits: fit_context capped it)
+            sid = min(set(range(MAX_SEQUENCES)) - set(live))
+            seq = _Seq(request, request.next, ids, _rng(request.config, request.next))
+            live[sid] = seq
+            new.append((sid, seq))
+            used += need
+            request.next += 1
+            if request.next == len(request.encoded):
+                held.pop(0)
+        return new
+
+    def _prefill_seqs(self, loaded: _Loaded, new: list) -> dict[int, np.ndarray]:
+        tokens = [(tok, pos, sid, pos == len(seq.ids) - 1) for sid, seq in new for pos, tok in enumerate(seq.ids)]
+        for sid, seq in new:
+            seq.request.put_prompt(seq.index, seq.ids)
         logits: dict[int, np.ndarray] = {}
         for start in range(0, len(tokens), PROMPT_CHUNK):
             logits |= self._run(loaded, tokens[start:start + PROMPT_CHUNK])
@@ -182,17 +229,49 @@ class LlamaCppEngine:
         lib.llama_model_free(loaded.model)
 
 
-def _fitting(encoded: list[list[int]], max_output: int, n_ctx: int) -> list[list[int]]:
-    """Groups of prompt indexes whose prompts and answers fit in the context's cells together."""
-    groups, size = [[]], 0
-    for i, ids in enumerate(encoded):
-        need = len(ids) + max_output
-        if groups[-1] and (size + need > n_ctx or len(groups[-1]) == MAX_SEQUENCES):
-            groups.append([])
-            size = 0
-        groups[-1].append(i)
-        size += need
-    return groups
+class _Request:
+    """A registry request being served: its prompts' ids, which are admitted, the answers done so far."""
+
+    def __init__(self, pending: Any, template: ChatTemplate) -> None:
+        self.pending, self.config, self.template = pending, pending.config, template
+        self.encoded = [template.render_prompt(p.turns, p.system) for p in pending.prompts]
+        self.next = 0  # the next prompt to admit
+        self.results: list[Generation | None] = [None] * len(self.encoded)
+        self.streamer = getattr(pending, "streamer", None)
+
+    def put_prompt(self, index: int, ids: list[int]) -> None:
+        if self.streamer is not None and index == 0:
+            self.streamer.put(np.array([ids]))
+
+    def put(self, index: int, token: int) -> None:
+        if self.streamer is not None and index == 0:
+            self.streamer.put(np.array([token]))
+
+    def finish(self, index: int, out: list[int], template: ChatTemplate) -> bool:
+        """Record a finished answer; True when the request's answers are all done."""
+        self.results[index] = finish(out, len(self.encoded[index]), template, self.config)
+        return all(r is not None for r in self.results)
+
+
+@dataclass
+class _Seq:
+    request: _Request
+    index: int  # which of the request's prompts
+    ids: list[int]
+    rng: np.random.Generator | None
+    out: list[int] = field(default_factory=list)
+
+
+def _rng(config: GenerationConfig, index: int) -> np.random.Generator | None:
+    """Each sampled sequence draws from its own generator, seeded by the request's seed and the candidate's index:
+    the candidates differ, and the same seed gives the same candidates whatever else is decoding."""
+    if config.temperature <= 0:
+        return None
+    return np.random.default_rng(None if config.seed is None else [config.seed, index])
+
+
+def _unique(requests: list[_Request]) -> list[_Request]:
+    return list({id(r): r for r in requests}.values())
 
 
 def _pick(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator | None) -> int:
