@@ -147,12 +147,7 @@ class LlamaCppEngine:
         logits: dict[int, np.ndarray] = {}
         try:
             while True:
-                new = self._admit(loaded, template, take, held, live)
-                if new:
-                    logits |= self._prefill_seqs(loaded, new)
-                if not live:
-                    return
-                step = []
+                step = []  # every live sequence has its logits here: pick its next token
                 for sid, seq in list(live.items()):
                     token = _pick(logits.pop(sid), seq.request.config, seq.rng)
                     seq.out.append(token)
@@ -164,8 +159,13 @@ class LlamaCppEngine:
                             deliver(seq.request.pending, result=seq.request.results)
                     else:
                         step.append((token, len(seq.ids) + len(seq.out) - 1, sid, True))
-                if step:
-                    logits |= self._run(loaded, step)
+                # new sequences take the freed slots at once, their prompts in the same pass as the step (one pass
+                # over the weights for both)
+                tokens = step + self._prompt_tokens(self._admit(loaded, template, take, held, live))
+                if not tokens:
+                    return
+                for start in range(0, len(tokens), PROMPT_CHUNK):
+                    logits |= self._run(loaded, tokens[start:start + PROMPT_CHUNK])
         except BaseException as exc:  # noqa: BLE001 - every request this loop holds gets the error
             for request in _unique([s.request for s in live.values()] + held):
                 deliver(request.pending, error=exc)
@@ -198,14 +198,11 @@ class LlamaCppEngine:
                 held.pop(0)
         return new
 
-    def _prefill_seqs(self, loaded: _Loaded, new: list) -> dict[int, np.ndarray]:
-        tokens = [(tok, pos, sid, pos == len(seq.ids) - 1) for sid, seq in new for pos, tok in enumerate(seq.ids)]
-        for sid, seq in new:
+    @staticmethod
+    def _prompt_tokens(new: list[tuple[int, "_Seq"]]) -> list[tuple[int, int, int, bool]]:
+        for _, seq in new:
             seq.request.put_prompt(seq.index, seq.ids)
-        logits: dict[int, np.ndarray] = {}
-        for start in range(0, len(tokens), PROMPT_CHUNK):
-            logits |= self._run(loaded, tokens[start:start + PROMPT_CHUNK])
-        return logits
+        return [(tok, pos, sid, pos == len(seq.ids) - 1) for sid, seq in new for pos, tok in enumerate(seq.ids)]
 
     def _run(self, loaded: _Loaded, tokens: list[tuple[int, int, int, bool]]) -> dict[int, np.ndarray]:
         """One llama_decode of (token, position, sequence, wants logits); the logits wanted, by sequence."""
