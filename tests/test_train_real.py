@@ -14,9 +14,10 @@ import pytest
 from tunery import models
 from tunery.config import TuningConfig
 from tunery.data.schema import Turn
-from tunery.device import pick
+from tunery.device import Runtime
 from tunery.eval.metrics import format_match
-from tunery.serve.generate import GenerationConfig, Prompt, generate
+from tunery.serve.generate import GenerationConfig, Prompt
+from tunery.serve.registry import Registry
 from tunery.train import metrics as mt
 from tunery.train.engine import train
 
@@ -36,14 +37,11 @@ def test_tuned_model_follows_the_format_on_held_out_prompts(tmp_path):
     rows = list(csv.DictReader(open(DATA / "alerts_test.csv", encoding="utf-8")))[:10]
     prompts = [Prompt((Turn("user", r["input_text"]),)) for r in rows]
     refs = [r["output_text"] for r in rows]
-    spec = models.resolve(None)
-    template, runtime = models.load_template(spec), pick()
-    base = models.load_model_fresh(spec).eval()
+    # served as a server would (the default engine: llama.cpp on this CPU where installed, with the adapter.gguf
+    # its checkpoint wrote; torch elsewhere)
+    spec, registry = models.resolve(None), Registry(runtime=Runtime("cpu", None))
     config = GenerationConfig(max_output_tokens=90)
-    before = format_match([g.text for g in generate(base, template, prompts, config, runtime)], refs)
-    from peft import PeftModel
-
-    tuned = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter")).eval()
-    after = format_match([g.text for g in generate(tuned, template, prompts, config, runtime)], refs)
-    print(f"format_match on 10 held-out prompts: base {before:.2f}, tuned {after:.2f}")
+    before = format_match([g.text for g in registry.generate(spec, None, prompts, config)], refs)
+    after = format_match([g.text for g in registry.generate(spec, str(tmp_path / "run" / "adapter"), prompts, config)], refs)
+    print(f"format_match on 10 held-out prompts ({registry.engine_name}): base {before:.2f}, tuned {after:.2f}")
     assert before <= 0.1 and after >= 0.5
