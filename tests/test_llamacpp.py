@@ -233,6 +233,8 @@ def test_a_job_on_a_gguf_model_serves_on_llama_cpp_and_exports_through_rest(tiny
 
     rows = [contents(("user", f"Say it {i}"), ("model", "cherry cherry")) for i in range(16)]
     (tmp_path / "home").mkdir()
+    # the conversions the other tests made (tokenizer, safetensors, GGUF at f32 and f16) serve this home too
+    (tmp_path / "home" / "models").symlink_to(models.home() / "models", target_is_directory=True)
     with tunery_home(tmp_path / "home", Path(tiny_gguf.name)) as home, LiveServer(home) as server:
         write_jsonl(home / "train.jsonl", rows)
         client = sdk(server.url)
