@@ -299,7 +299,8 @@ class Registry:
     def _take(self, base: _Base, adapter: str | None, started: float) -> _Pending | None:
         """The next request to admit: the oldest queued one, if it wants this adapter (first come, first served:
         another adapter's request ends the admitting, and the loop switches once the live ones finish). After
-        FAIR_SECONDS, none while another model's requests or an unload wait for the compute thread."""
+        FAIR_SECONDS, none while another model's requests or an unload wait for the compute thread (the engine pass
+        ends; `_serve` then takes up the same queue again: handing the thread over is not done yet)."""
         with base.cond:
             if not base.queue or base.queue[0].adapter != adapter:
                 return None
