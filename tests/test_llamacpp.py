@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,59 @@ def test_a_request_joins_a_running_decode_and_returns_before_it_ends(tiny_gguf):
     worker.join()
     assert events == ["short", "long"] and registry.batches == loops + 1
     assert last.output_tokens == 400 and short[0].output_tokens <= GREEDY.max_output_tokens
+
+
+def test_an_unload_gets_the_model_while_clients_keep_it_busy(tiny_gguf, adapters):
+    """Deleting a tuned model unloads its adapter on the compute thread. Clients that keep the serving loop busy
+    without a pause do not hold the unload off: after FAIR_SECONDS the loop stops admitting, hands the thread over,
+    and starts again once the unload is done; every client request is still answered."""
+    registry = Registry(runtime=Runtime("cpu", None), engine="llamacpp")
+    registry.generate(tiny_gguf, adapters[0], PROMPTS[:1], GREEDY)
+    stop, errors, answered = threading.Event(), [], []
+
+    def client(tokens: int) -> None:
+        # the random base model never ends an answer early, and answers of different lengths keep one sequence live
+        # at every step, so the loop never runs dry by itself
+        config = GenerationConfig(max_output_tokens=tokens)
+        deadline = time.monotonic() + 120  # a bound on a hang: the unload below normally returns within seconds
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                out = registry.generate(tiny_gguf, None, PROMPTS[:1], config)[0].output_tokens
+                answered.append(out == tokens)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    clients = [threading.Thread(target=client, args=(n,)) for n in (31, 43, 57)]
+    for t in clients:
+        t.start()
+    while len(answered) < 3:  # the loop is serving
+        time.sleep(0.05)
+    registry.forget(adapters[0])
+    clients_still_running = all(t.is_alive() for t in clients)
+    before = len(answered)
+    while len(answered) < before + 3 and any(t.is_alive() for t in clients):  # they are served after the unload
+        time.sleep(0.05)
+    stop.set()
+    for t in clients:
+        t.join()
+    assert clients_still_running and not errors
+    assert len(answered) >= before + 3 and all(answered) and adapters[0] not in registry.base(tiny_gguf).adapters
+    assert registry.batches >= 3  # the first request, the loop that stepped aside, the loop after the unload
+
+
+def test_an_evicted_model_is_freed_and_loaded_again_when_asked_for(tiny_gguf, tmp_path):
+    """With room for one model's weights, serving a second model frees the first (llama.cpp memory included, on
+    the compute thread); a thread that still holds the freed model's handle gets it loaded again, not freed memory."""
+    import shutil
+
+    other = models.resolve(str(shutil.copy(tiny_gguf.name, tmp_path / "other.gguf")))
+    registry = Registry(runtime=Runtime("cpu", None), engine="llamacpp", max_base_bytes=1)
+    first = registry.generate(tiny_gguf, None, PROMPTS[:1], GREEDY)[0].text
+    held = registry.base(tiny_gguf)
+    assert registry.generate(other, None, PROMPTS[:1], GREEDY)[0].text == first  # the same weights
+    assert registry.base_evictions == 1 and held.closed and held.loaded.ctx is None
+    assert registry.generate(tiny_gguf, None, PROMPTS[:1], GREEDY)[0].text == first
+    assert registry.base_evictions == 2 and registry.base(tiny_gguf) is not held
 
 
 def test_stream_pieces_join_to_the_answer_and_stop_sequences_cut(tiny_gguf, adapters):

@@ -68,6 +68,8 @@ class _Base:
     queue: list[_Pending] = field(default_factory=list)
     adapters: OrderedDict = field(default_factory=OrderedDict)  # adapter dirs attached, LRU order
     exclusive_waiting: int = 0  # threads waiting to hold the model alone (an unload, a torch stream)
+    stepped_aside: bool = False  # the serving loop stopped admitting so that other work gets the compute thread
+    closed: bool = False  # evicted and freed: a thread that still holds it gets the model again
 
 
 class Registry:
@@ -92,6 +94,8 @@ class Registry:
         self._guard = threading.Lock()
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunery-compute")
         self._compute_thread: threading.Thread | None = None
+        self._submitted = 0  # calls queued for the compute thread and not yet started there
+        self._submitted_lock = threading.Lock()
         self.evictions = 0  # adapters dropped (LRU)
         self.base_evictions = 0  # base models dropped (LRU by weight bytes)
         self.batches = 0  # model.generate calls (fewer than requests when concurrent requests share a batch)
@@ -100,9 +104,16 @@ class Registry:
         """Run `fn(*args)` on the compute thread and return its result (directly when already on it)."""
         if threading.current_thread() is self._compute_thread:
             return fn(*args)
-        return self._compute.submit(self._enter, fn, *args).result()
+        return self._submit(fn, *args).result()
+
+    def _submit(self, fn, *args):
+        with self._submitted_lock:
+            self._submitted += 1
+        return self._compute.submit(self._enter, fn, *args)
 
     def _enter(self, fn, *args):
+        with self._submitted_lock:
+            self._submitted -= 1
         self._compute_thread = threading.current_thread()
         if self._threads is not None and (n := self._threads()) != self._threads_set:
             import torch
@@ -170,15 +181,23 @@ class Registry:
             return base
 
     def _evict_bases(self, keep: str) -> None:
-        """Drop the least recently used idle base models while the loaded weights are over max_base_bytes."""
+        """Drop the least recently used idle base models while the loaded weights are over max_base_bytes, and
+        free them on the compute thread. A thread that got the model before it was dropped finds it closed and
+        asks for the model again."""
         for key in list(self._bases):
             if sum(b.weight_bytes for b in self._bases.values()) <= self.max_base_bytes:
                 return
             old = self._bases[key]
-            if key != keep and not old.busy and not old.queue:
-                del self._bases[key]
-                self.base_evictions += 1
-                log.info("unloaded base model %s (LRU, over %d MB of weights)", key, self.max_base_bytes >> 20)
+            if key == keep:
+                continue
+            with old.cond:
+                if old.busy or old.queue or old.exclusive_waiting:
+                    continue
+                old.closed = True
+            del self._bases[key]
+            self.base_evictions += 1
+            self._submit(old.engine.close, old.loaded)
+            log.info("unloaded base model %s (LRU, over %d MB of weights)", key, self.max_base_bytes >> 20)
 
     @contextmanager
     def _exclusive(self, base: _Base) -> Iterator[None]:
@@ -193,8 +212,16 @@ class Registry:
             yield
         finally:
             with base.cond:
-                base.busy = False
-                base.cond.notify_all()
+                self._release(base)
+
+    def _release(self, base: _Base) -> None:
+        """The model is free (base.cond held): a continuous-batching model's queued requests get a serving loop
+        again, unless an unload waits to hold the model first (its release starts the loop)."""
+        base.busy = False
+        if base.queue and hasattr(base.engine, "serve") and not base.exclusive_waiting and not base.closed:
+            base.busy = True
+            self._submit(self._serve, base)
+        base.cond.notify_all()
 
     def _attach(self, base: _Base, adapter_dir: str) -> None:
         """Make the adapter loaded (most recently used), evicting the least recently used past max_adapters."""
@@ -218,19 +245,16 @@ class Registry:
 
     @staticmethod
     def _unload(base: _Base, adapter_dir: str) -> None:
-        if adapter_dir in base.adapters:
+        if adapter_dir in base.adapters and not base.closed:
             del base.adapters[adapter_dir]
             base.engine.detach(base.loaded, adapter_dir)
 
     def generate(self, spec: models.BaseModelSpec, adapter_dir: str | None, prompts: Sequence[Prompt],
                  config: GenerationConfig) -> list[Generation]:
-        base = self.base(spec)
         me = _Pending(adapter_dir, list(prompts), config)
+        base = self._enqueue(spec, me)
         if hasattr(base.engine, "serve"):
-            self._enqueue(base, me)
             return self._wait(base, me)
-        with base.cond:
-            base.queue.append(me)
         while True:
             with base.cond:
                 while base.busy and not me.done:
@@ -251,14 +275,20 @@ class Registry:
 
     # ------------------------------------------------ continuous batching (engines with `serve`: llama.cpp)
 
-    def _enqueue(self, base: _Base, me: _Pending) -> None:
-        """Queue a request; start the serving loop on the compute thread unless one runs. The loop admits queued
-        requests between decode steps, so a request never waits for a batch to end."""
-        with base.cond:
-            base.queue.append(me)
-            if not base.busy:
-                base.busy = True
-                self._compute.submit(self._enter, self._serve, base)
+    def _enqueue(self, spec: models.BaseModelSpec, me: _Pending) -> _Base:
+        """Queue a request on its model, loading the model when needed. A continuous-batching model gets its
+        serving loop on the compute thread unless one runs (or an unload holds the model: its release starts it).
+        The loop admits queued requests between decode steps, so a request never waits for a batch to end."""
+        while True:
+            base = self.base(spec)
+            with base.cond:
+                if base.closed:
+                    continue  # evicted since `base` returned it
+                base.queue.append(me)
+                if hasattr(base.engine, "serve") and not base.busy and not base.exclusive_waiting:
+                    base.busy = True
+                    self._submit(self._serve, base)
+                return base
 
     @staticmethod
     def _wait(base: _Base, me: _Pending) -> list[Generation]:
@@ -270,11 +300,13 @@ class Registry:
         return me.result  # type: ignore[return-value]
 
     def _serve(self, base: _Base) -> None:
-        """Serve the queue until it is empty, one adapter's requests at a time (the oldest request's first)."""
+        """Serve the queue until it is empty, one adapter's requests at a time (the oldest request's first). A
+        loop that stepped aside returns, and its release queues the next loop behind the work that waited."""
         try:
             while True:
                 with base.cond:
-                    if not base.queue:
+                    if not base.queue or base.stepped_aside:
+                        base.stepped_aside = False
                         return
                     adapter = base.queue[0].adapter
                 try:
@@ -293,19 +325,18 @@ class Registry:
                                   lambda r, **kw: self._deliver(base, r, **kw))
         finally:
             with base.cond:
-                base.busy = False
-                base.cond.notify_all()
+                self._release(base)
 
     def _take(self, base: _Base, adapter: str | None, started: float) -> _Pending | None:
         """The next request to admit: the oldest queued one, if it wants this adapter (first come, first served:
         another adapter's request ends the admitting, and the loop switches once the live ones finish). After
-        FAIR_SECONDS, none while another model's requests or an unload wait for the compute thread (the engine pass
-        ends; `_serve` then takes up the same queue again: handing the thread over is not done yet)."""
+        FAIR_SECONDS, none while other work (another model's requests, an unload) waits for the compute thread: the
+        live sequences finish, the loop returns and the thread goes to that work before this queue's next loop."""
         with base.cond:
             if not base.queue or base.queue[0].adapter != adapter:
                 return None
-            if time.monotonic() - started > FAIR_SECONDS and (base.exclusive_waiting or any(
-                    b.queue for b in list(self._bases.values()) if b is not base)):
+            if time.monotonic() - started > FAIR_SECONDS and (base.exclusive_waiting or self._submitted):
+                base.stepped_aside = True
                 return None
             return base.queue.pop(0)
 
@@ -347,7 +378,7 @@ class Registry:
         if hasattr(base.engine, "serve"):
             streamer = TextIteratorStreamer(_DecodeAdapter(base.template), skip_prompt=True)
             me = _Pending(adapter_dir, [prompt], config, streamer)
-            self._enqueue(base, me)
+            base = self._enqueue(spec, me)
             for piece in streamer:
                 if piece:
                     yield piece
@@ -368,7 +399,7 @@ class Registry:
                     streamer.end()  # unblock the reader; the error is raised from result() below
                     raise
 
-            future = self._compute.submit(self._enter, run)
+            future = self._submit(run)
             for piece in streamer:
                 if piece:
                     yield piece

@@ -41,6 +41,9 @@ class Engine(Protocol):
     def detach(self, loaded: Any, adapter_dir: str) -> Any:
         """Unload an adapter."""
 
+    def close(self, loaded: Any) -> None:
+        """Free the model (the registry evicted it; nothing uses it any more)."""
+
     def set_threads(self, n: int) -> None:
         """Compute threads for what follows (fewer while jobs train)."""
 

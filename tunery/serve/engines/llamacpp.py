@@ -221,9 +221,11 @@ class LlamaCppEngine:
         lib = self.lib
         for adapter in loaded.adapters.values():
             lib.llama_adapter_lora_free(adapter)
+        loaded.adapters.clear()
         lib.llama_batch_free(loaded.batch)
         lib.llama_free(loaded.ctx)
         lib.llama_model_free(loaded.model)
+        loaded.ctx = loaded.model = None  # freed: a use after this fails in Python, not in C
 
 
 class _Request:

@@ -57,6 +57,9 @@ class TorchEngine:
         else:  # the last adapter: keep the plain model underneath
             loaded.model = loaded.model.unload() if hasattr(loaded.model, "unload") else loaded.model
 
+    def close(self, loaded: _Loaded) -> None:
+        """Nothing to free by hand: the weights go with the last reference."""
+
     def generate(self, loaded: _Loaded, template: ChatTemplate, adapter_dir: str | None, prompts: Sequence[Prompt],
                  config: GenerationConfig, runtime: Runtime, streamer: Any = None) -> list[Generation]:
         with self._activated(loaded, adapter_dir) as model:
