@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -43,9 +45,19 @@ def test_openai_content_parts_are_joined():
     assert fmt == "openai" and ex.turns == (Turn("user", "ab"), Turn("model", "c"))
 
 
-def test_openai_image_part_is_unsupported():
-    obj = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+def test_openai_image_parts_become_media_and_other_parts_are_unsupported():
+    import base64
+
+    png = (Path(__file__).parent / "fixtures" / "images" / "red.png").read_bytes()
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    obj = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                     {"type": "text", "text": "What?"}]},
                         {"role": "assistant", "content": "c"}]}
+    ex, _, issues = parse(obj, 4)
+    assert not issues and ex.turns[0].text == "What?" and ex.turns[1] == Turn("model", "c")
+    assert [(m.mime, m.data, m.pointer) for m in ex.turns[0].media] == [("image/png", png, "/messages/0/content/0/image_url/url")]
+    assert to_openai(ex)["messages"][0]["content"][0] == {"type": "image_url", "image_url": {"url": url}}
+    obj["messages"][0]["content"] = [{"type": "input_audio", "input_audio": {}}]
     ex, _, issues = parse(obj, 4)
     assert ex is None
     assert [(i.code, i.line, i.pointer) for i in issues] == [("unsupported_part", 4, "/messages/0/content/0")]

@@ -14,12 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tunery.data.schema import Example, Issue, Turn
+from tunery.data import media as md
+from tunery.data.schema import Example, Issue, Media, Turn
 
 FORMATS = ("contents", "messages", "openai", "columns")
-# Parts a text-only model cannot train on.
-NON_TEXT_PARTS = ("inlineData", "fileData", "functionCall", "functionResponse", "executableCode",
-                  "codeExecutionResult", "inline_data", "file_data", "function_call", "function_response")
+MEDIA_PARTS = ("inlineData", "fileData", "inline_data", "file_data")
+# Parts no model here trains on.
+NON_TEXT_PARTS = ("functionCall", "functionResponse", "executableCode", "codeExecutionResult", "function_call",
+                  "function_response", "executable_code", "code_execution_result")
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,9 @@ def parse(obj: Any, line: int | None = None, columns: Columns = Columns(), fmt: 
 
 # ---------------------------------------------------------------- Gemini "contents"
 
-def _parse_parts(container: dict, ptr: str, sink: _Sink) -> str | None:
-    """Joined text of a Content's parts; None (with issues) when unusable."""
+def _parse_parts(container: dict, ptr: str, sink: _Sink, found: list[Media] | None = None) -> str | None:
+    """Joined text of a Content's parts; None (with issues) when unusable. Media parts go to `found` (None: the
+    container takes none, e.g. a system instruction)."""
     if "parts" not in container or container["parts"] is None:
         sink.error(f"{ptr}/parts", "missing_parts", 'expected "parts": [{"text": ...}], found no parts')
         return None
@@ -119,15 +122,46 @@ def _parse_parts(container: dict, ptr: str, sink: _Sink) -> str | None:
             ok &= _check_text(part["text"], f"{pp}/text", sink)
             if isinstance(part["text"], str):
                 texts.append(part["text"])
-        elif kind := next((k for k in NON_TEXT_PARTS if k in part), None):
+        elif (kind := next((k for k in MEDIA_PARTS if k in part), None)) and found is not None:
+            m = _media_part(kind, part[kind], f"{pp}/{kind}", sink)
+            ok &= m is not None
+            if m is not None:
+                found.append(m)
+        elif kind := next((k for k in (*NON_TEXT_PARTS, *MEDIA_PARTS) if k in part), None):
             sink.error(f"{pp}/{kind}", "unsupported_part",
-                       f'"{kind}" parts are not supported: text models train on text parts only',
+                       f'"{kind}" parts are not supported here: expected text' + (", images, documents or audio"
+                                                                                   if found is not None else ""),
                        "remove the part, or describe its content as text")
             ok = False
         else:
             sink.error(f"{pp}/text", "missing_text", f'expected a "text" field, found keys: {", ".join(part) or "none"}')
             ok = False
+    if ok and not texts and found:
+        return ""  # media alone (a user turn that is just an image)
     return "".join(texts) if ok else None
+
+
+def _media_part(kind: str, value: Any, ptr: str, sink: _Sink) -> Media | None:
+    """`inlineData {mimeType, data}` or `fileData {mimeType, fileUri}` (snake_case too)."""
+    inline = kind.startswith("inline")
+    fields = ("mimeType", "mime_type"), (("data",) if inline else ("fileUri", "file_uri"))
+    if not isinstance(value, dict):
+        sink.error(ptr, "invalid_media_part", f'expected an object like {{"mimeType": ..., '
+                   f'"{fields[1][0]}": ...}}, found {_type(value)}')
+        return None
+    got = []
+    for names in fields:
+        name = next((n for n in names if n in value), names[0])
+        v = value.get(name)
+        if not isinstance(v, str) or not v:
+            sink.error(f"{ptr}/{name}", "invalid_media_part", f'expected a non-empty string "{name}", found '
+                       + (_type(v) if name in value else "none"))
+            return None
+        got.append(v)
+    mime, payload = got[0].lower(), got[1]
+    if inline:
+        return md.decode_inline(mime, payload, ptr, sink.error)
+    return md.parse_uri(mime, payload, ptr, sink.error)
 
 
 def _check_text(text: Any, ptr: str, sink: _Sink) -> bool:
@@ -166,7 +200,7 @@ def _parse_contents(obj: dict, sink: _Sink) -> Example | None:
     if not contents:
         sink.error("/contents", "empty_contents", "expected at least a user turn and a model turn, found none")
         return None
-    turns: list[tuple[str, str, str]] = []  # (role, text, pointer)
+    turns: list[tuple] = []  # (role, text, pointer, media)
     for i, c in enumerate(contents):
         ptr = f"/contents/{i}"
         if not isinstance(c, dict):
@@ -175,9 +209,14 @@ def _parse_contents(obj: dict, sink: _Sink) -> Example | None:
         role = _check_role(c, ptr, ("user", "model"), sink,
                            hint_for={"system": 'put system text in "systemInstruction"',
                                      "assistant": 'Gemini datasets use "model" for the model\'s turns'})
-        text = _parse_parts(c, ptr, sink)
+        found: list[Media] = []
+        text = _parse_parts(c, ptr, sink, found)
+        if role == "model" and found:
+            sink.error(found[0].pointer, "media_in_model_turn", "expected only text in a model turn, found a "
+                       f"{found[0].mime} part", "the model learns to answer in text; put media in user turns")
+            text = None
         if role and text is not None:
-            turns.append((role, text, ptr))
+            turns.append((role, text, ptr, tuple(found)))
     return _finish(turns, system, "/contents", sink, n_items=len(contents))
 
 
@@ -209,7 +248,7 @@ def _parse_messages(obj: dict, sink: _Sink, fmt: str) -> Example | None:
         sink.error("/messages", "empty_messages", "expected at least a user message and a model message, found none")
         return None
     system = None
-    turns: list[tuple[str, str, str]] = []
+    turns: list[tuple] = []
     other = "assistant" if fmt == "messages" else "model"
     for i, m in enumerate(msgs):
         ptr = f"/messages/{i}"
@@ -218,7 +257,8 @@ def _parse_messages(obj: dict, sink: _Sink, fmt: str) -> Example | None:
             continue
         role = _check_role(m, ptr, ("system", "user", model_role), sink,
                            hint_for={other: f'this file uses "{model_role}" for model turns; use one name throughout'})
-        text = _message_text(m, ptr, sink)
+        found: list[Media] = []
+        text = _message_text(m, ptr, sink, found if role not in ("system", model_role) else None)
         if role == "system":
             if i != 0:
                 sink.error(f"{ptr}/role", "system_not_first",
@@ -227,11 +267,11 @@ def _parse_messages(obj: dict, sink: _Sink, fmt: str) -> Example | None:
             elif text is not None:
                 system = text
         elif role and text is not None:
-            turns.append(("model" if role == model_role else "user", text, ptr))
+            turns.append(("model" if role == model_role else "user", text, ptr, tuple(found)))
     return _finish(turns, system, "/messages", sink, n_items=len(msgs))
 
 
-def _message_text(m: dict, ptr: str, sink: _Sink) -> str | None:
+def _message_text(m: dict, ptr: str, sink: _Sink, found: list[Media] | None = None) -> str | None:
     if "content" not in m or m["content"] is None:
         sink.error(f"{ptr}/content", "missing_content", 'expected "content": "...", found ' + ("null" if "content" in m else "no content"))
         return None
@@ -243,6 +283,18 @@ def _message_text(m: dict, ptr: str, sink: _Sink) -> str | None:
             if isinstance(part, dict) and part.get("type", "text") == "text" and "text" in part:
                 ok &= _check_text(part["text"], f"{pp}/text", sink)
                 texts.append(part["text"] if isinstance(part["text"], str) else "")
+            elif isinstance(part, dict) and part.get("type") == "image_url" and found is not None:
+                url = part.get("image_url")
+                url = url.get("url") if isinstance(url, dict) else url
+                if not isinstance(url, str) or not url:
+                    sink.error(f"{pp}/image_url/url", "invalid_media_part",
+                               f'expected "image_url": {{"url": "data:image/png;base64,..."}}, found {_type(url)}')
+                    ok = False
+                    continue
+                media = md.parse_data_url(url, f"{pp}/image_url/url", sink.error)
+                ok &= media is not None
+                if media is not None:
+                    found.append(media)
             else:
                 kind = part.get("type") if isinstance(part, dict) else _type(part)
                 sink.error(pp, "unsupported_part", f"expected a text part, found {kind!r}",
@@ -250,6 +302,8 @@ def _message_text(m: dict, ptr: str, sink: _Sink) -> str | None:
                 ok = False
         if not ok:
             return None
+        if not texts and found:
+            return ""
         if not texts:
             sink.error(f"{ptr}/content", "empty_text", "expected non-empty content, found an empty array")
             return None
@@ -278,18 +332,19 @@ def _parse_columns(obj: dict, sink: _Sink, columns: Columns) -> Example | None:
 
 # ---------------------------------------------------------------- shared turn-order checks
 
-def _finish(turns: list[tuple[str, str, str]], system: str | None, container: str, sink: _Sink, n_items: int
+def _finish(turns: list[tuple], system: str | None, container: str, sink: _Sink, n_items: int
             ) -> Example | None:
     """Check the order of the usable turns; build the Example when the record has no error."""
     if sink.errors and len(turns) < n_items:
         return None  # a turn was unusable: order checks would only add noise
+    turns = [t if len(t) == 4 else (*t, ()) for t in turns]
     for k in range(1, len(turns)):
         if turns[k][0] == turns[k - 1][0]:
             role = turns[k][0]
             sink.error(f"{turns[k][2]}/role", "consecutive_same_role",
                        f"expected turns to alternate, found two {role} turns in a row ({turns[k - 1][2]} and {turns[k][2]})",
                        f"merge the two {role} turns into one")
-    if turns and all(r != "model" for r, _, _ in turns):
+    if turns and all(t[0] != "model" for t in turns):
         sink.error(container, "no_model_turn", "expected at least one model turn to learn from, found only user turns")
     elif turns and turns[-1][0] != "model":
         sink.error(turns[-1][2], "last_turn_not_model",
@@ -301,7 +356,7 @@ def _finish(turns: list[tuple[str, str, str]], system: str | None, container: st
         sink.error(container, "no_model_turn", "expected user and model turns, found none")
     if sink.errors:
         return None
-    return Example(turns=tuple(Turn(r, t) for r, t, _ in turns), system=system)  # type: ignore[arg-type]
+    return Example(turns=tuple(Turn(r, t, m) for r, t, _, m in turns), system=system)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- writers
@@ -311,14 +366,35 @@ def to_contents(ex: Example) -> dict:
     out: dict = {}
     if ex.system is not None:
         out["systemInstruction"] = {"parts": [{"text": ex.system}]}
-    out["contents"] = [{"role": t.role, "parts": [{"text": t.text}]} for t in ex.turns]
+    out["contents"] = [{"role": t.role, "parts": [_media_json(m) for m in t.media] + ([{"text": t.text}] if t.text or not
+                                                                                       t.media else [])}
+                       for t in ex.turns]
     return out
+
+
+def _media_json(m: Media) -> dict:
+    if m.data is not None:
+        import base64
+
+        return {"inlineData": {"mimeType": m.mime, "data": base64.b64encode(m.data).decode()}}
+    return {"fileData": {"mimeType": m.mime, "fileUri": m.uri}}
+
+
+def _openai_content(t: Turn) -> str | list:
+    if not t.media:
+        return t.text
+    parts: list[dict] = []
+    for m in t.media:
+        j = _media_json(m)
+        url = (f"data:{m.mime};base64,{j['inlineData']['data']}" if "inlineData" in j else j["fileData"]["fileUri"])
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    return parts + ([{"type": "text", "text": t.text}] if t.text else [])
 
 
 def to_messages(ex: Example, model_role: str = "model") -> dict:
     """Example -> legacy `messages` object (roles system/user/model)."""
     msgs = [{"role": "system", "content": ex.system}] if ex.system is not None else []
-    msgs += [{"role": model_role if t.role == "model" else "user", "content": t.text} for t in ex.turns]
+    msgs += [{"role": model_role if t.role == "model" else "user", "content": _openai_content(t)} for t in ex.turns]
     return {"messages": msgs}
 
 

@@ -11,9 +11,29 @@ Severity = Literal["error", "warning"]
 
 
 @dataclass(frozen=True, slots=True)
+class Media:
+    """An image, document or audio part: inline bytes (`inlineData`, a data URL) or a file (`fileData`, a path)."""
+
+    mime: str  # what the client declared (lower case), e.g. "image/png"
+    data: bytes | None = None  # inline bytes, decoded from base64
+    uri: str | None = None  # a file: a local path (file:// or absolute), checked against the allowed roots
+    pointer: str = ""  # where it was in its record, for errors found after parsing
+
+    @property
+    def modality(self) -> str:
+        from tunery.data.media import modality
+
+        return modality(self.mime)
+
+    def digest(self) -> str:
+        return hashlib.blake2b(self.data, digest_size=8).hexdigest() if self.data is not None else f"uri:{self.uri}"
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
     role: Role
     text: str
+    media: tuple[Media, ...] = ()  # in the order given; they come before the turn's text in the prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +45,13 @@ class Example:
 
     def fingerprint(self) -> int:
         """64-bit content hash: equal for the same conversation in any file format."""
-        blob = "\x00".join([self.system or ""] + [f"{t.role}\x01{t.text}" for t in self.turns])
+        blob = "\x00".join([self.system or ""] + [f"{t.role}\x01{t.text}" + "".join(f"\x02{m.digest()}" for m in t.media)
+                                                   for t in self.turns])
         return int.from_bytes(hashlib.blake2b(blob.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+    @property
+    def media(self) -> tuple[Media, ...]:
+        return tuple(m for t in self.turns for m in t.media)
 
     @property
     def reference(self) -> str:

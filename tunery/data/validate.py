@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 from array import array
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tunery.data import media as md
 from tunery.data.formats import Columns, parse
 from tunery.data.jsonl import open_checked, read_records
 from tunery.data.schema import Example, Issue
@@ -97,10 +98,14 @@ class Limits:
 
 def scan_file(path: str | Path, *, kind: str = "train", template: ChatTemplate | None = None,
               limits: Limits | None = None, columns: Columns = Columns(), epochs: int = 1,
-              batch_size: int | None = None, max_issues: int = DEFAULT_MAX_ISSUES, fmt: str | None = None) -> FileReport:
+              batch_size: int | None = None, max_issues: int = DEFAULT_MAX_ISSUES, fmt: str | None = None,
+              media: md.Policy | None = None) -> FileReport:
     """One pass over a dataset file: issues, fingerprints and statistics. `fmt` reads every line as that format
-    (the OpenAI upload route: a line without an assistant turn is still OpenAI chat); None detects it per line."""
+    (the OpenAI upload route: a line without an assistant turn is still OpenAI chat); None detects it per line.
+    `media`: the base model's modalities and the allowed roots that image, document and audio parts are checked
+    against (None: only what the parts themselves show; relative file paths are relative to the dataset's folder)."""
     rep = FileReport(str(path), kind, max_issues=max_issues)
+    multimodal = 0
     with open_checked(path):
         size = os.path.getsize(path)
     if size > MAX_FILE_BYTES:
@@ -123,6 +128,17 @@ def scan_file(path: str | Path, *, kind: str = "train", template: ChatTemplate |
         if ex is None:
             stats.drop(next(i.code for i in issues if i.severity == "error"), line)
             continue
+        if ex.media:
+            multimodal += 1
+            if media is not None:
+                found: list[Issue] = []
+                md.check(ex.media, replace(media, base_dir=Path(path).parent),
+                         lambda p, c, m, h: found.append(Issue(line, p, c, "error", m, h)))
+                for i in found:
+                    rep.add(i)
+                if found:
+                    stats.drop(found[0].code, line)
+                    continue
         if template is not None:
             _check_control_text(ex, line, template, rep)
             pending.append((line, ex))
@@ -133,6 +149,9 @@ def scan_file(path: str | Path, *, kind: str = "train", template: ChatTemplate |
     if pending:
         _measure(pending, template, limits, rep, stats)
     _file_checks(rep, formats)
+    if rep.kind == "train" and multimodal > md.MAX_MULTIMODAL_EXAMPLES:
+        rep.add(Issue(None, "", "too_many_examples", "error", f"expected at most {md.MAX_MULTIMODAL_EXAMPLES:,} "
+                      f"multimodal training examples, found {multimodal:,}"))
     _duplicates(rep)
     rep.format = formats.most_common(1)[0][0] if formats else None
     rep.issues.sort(key=lambda i: (i.line or 0))
@@ -236,11 +255,12 @@ def overlap(train: FileReport, val: FileReport) -> None:
 
 def validate(train: str | Path, validation: str | Path | None = None, *, template: ChatTemplate | None = None,
              limits: Limits | None = None, columns: Columns = Columns(), epochs: int = 1,
-             batch_size: int | None = None, max_issues: int = DEFAULT_MAX_ISSUES, fmt: str | None = None) -> Report:
+             batch_size: int | None = None, max_issues: int = DEFAULT_MAX_ISSUES, fmt: str | None = None,
+             media: md.Policy | None = None) -> Report:
     """Validate a training file (and optionally a validation file). With a template, token limits are checked
     and token statistics computed; without one, only the schema is checked."""
     kw = dict(template=template, limits=limits, columns=columns, epochs=epochs, batch_size=batch_size,
-              max_issues=max_issues, fmt=fmt)
+              max_issues=max_issues, fmt=fmt, media=media)
     files = [scan_file(train, kind="train", **kw)]
     if validation is not None:
         files.append(scan_file(validation, kind="validation", **kw))
