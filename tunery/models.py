@@ -337,13 +337,45 @@ def template_spec(spec: BaseModelSpec, tokenizer: Tokenizer) -> TemplateSpec:
     return replace(found, default_system=spec.default_system) if spec.default_system else found
 
 
-def load_template(spec: BaseModelSpec) -> ChatTemplate:
-    """Tokenizer + chat template of a base model, cached."""
+def modalities(spec: BaseModelSpec) -> frozenset[str]:
+    """What the model reads besides text, from its config: a vision tower reads images (and documents, as page
+    images), an audio tower audio. Registry and hub models: text."""
+    if spec.kind != "local":
+        return frozenset({"text"})
+    cfg = json.loads((Path(spec.name) / "config.json").read_text())
+    found = {"text"}
+    if cfg.get("vision_config") is not None:
+        found |= {"image", "document"}
+    if cfg.get("audio_config") is not None:
+        found.add("audio")
+    return frozenset(found)
+
+
+def is_multimodal(spec: BaseModelSpec) -> bool:
+    return modalities(spec) != {"text"}
+
+
+def media_policy(spec: BaseModelSpec, roots: list[Path] | None = None) -> Any:
+    """What a dataset's images, documents and audio are checked against for this model (roots None: anywhere)."""
+    from tunery.data.media import Policy
+
+    name = spec.requested or spec.name
+    return Policy(modalities(spec), tuple(Path(os.path.realpath(r)) for r in roots) if roots is not None else None,
+                  f"base model {name}")
+
+
+def load_template(spec: BaseModelSpec) -> Any:
+    """Tokenizer + chat template of a base model, cached: a ChatTemplate, or for a vision-language model a
+    VisionTemplate (its processor renders images into the prompt)."""
     return _load_template(_key(spec))
 
 
 @functools.lru_cache(maxsize=8)
-def _load_template(spec: BaseModelSpec) -> ChatTemplate:
+def _load_template(spec: BaseModelSpec) -> Any:
+    if is_multimodal(spec):
+        from tunery.text.vision_template import VisionTemplate
+
+        return VisionTemplate(Path(spec.name))
     tok = load_fast_tokenizer(spec)
     return ChatTemplate(Tokenizer.from_str(tok.to_str()), template_spec(spec, tok))
 
@@ -364,16 +396,17 @@ def _load_model(spec: BaseModelSpec, dtype: str, device: str) -> Any:
 def load_model_fresh(spec: BaseModelSpec, dtype: str = "float32") -> Any:
     """A new, uncached model instance (training attaches adapters to it). Safetensors only, no remote code."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     global _LOADS
     _LOADS += 1
     source = spec.name if spec.kind == "hub" else str(model_dir(spec))
-    return AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), use_safetensors=True,
-                                                trust_remote_code=False)
+    auto = AutoModelForImageTextToText if is_multimodal(spec) else AutoModelForCausalLM
+    return auto.from_pretrained(source, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False)
 
 
 def describe(spec: BaseModelSpec) -> dict[str, Any]:
     """What `tunery models` prints and jobs record as their base model."""
     return {"name": spec.name, "requested": spec.requested, "kind": spec.kind, "template": spec.template,
+            "modalities": sorted(modalities(spec)),
             "context_length": spec.context_length, "max_tokens": spec.max_tokens, "sha256": spec.sha256}

@@ -75,6 +75,7 @@ def _turn(spec: TemplateSpec, role: str, text: str, supervised: bool) -> list[Pi
 class Rendered:
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX where no loss; otherwise equal to input_ids
+    media: dict | None = None  # a vision-language model's image tensors for this row (pixel_values, ...)
 
     @property
     def num_supervised(self) -> int:

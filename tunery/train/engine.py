@@ -33,7 +33,9 @@ from tunery.data.jsonl import read_records
 from tunery.data.validate import Limits, validate
 from tunery.device import Runtime, pick
 from tunery.errors import ConfigError, TrainingError
+from tunery.data import media as md
 from tunery.text.batching import batch_order, collate, shared_prefix
+from tunery.text.vision_template import collate_media
 from tunery.text.chat_template import ChatTemplate, Rendered
 from tunery.train import attention
 from tunery.train import checkpoints as ck
@@ -76,7 +78,14 @@ def _sha256(path: str | None) -> str | None:
 
 def _render_file(path: str, template: ChatTemplate, max_length: int) -> list[Rendered]:
     examples = [parse(obj, line)[0] for line, obj, issue in read_records(path) if issue is None]
-    return template.render_batch([ex for ex in examples if ex is not None], max_length)
+    folder = Path(path).parent  # relative image paths are relative to the dataset
+    return template.render_batch([md.absolute(ex, folder) for ex in examples if ex is not None], max_length)
+
+
+def _collate(rows: list[Rendered], pad_id: int):
+    """(ids, labels, media): media are a vision-language model's image tensors, None for text."""
+    ids, labels = collate(rows, pad_id)
+    return ids, labels, (collate_media(rows) if any(r.media for r in rows) else None)
 
 
 def _lr_at(step: int, total: int, peak: float, schedule: str = "linear") -> float:
@@ -94,7 +103,7 @@ def _lr_at(step: int, total: int, peak: float, schedule: str = "linear") -> floa
 
 
 def _forward(model, ids, labels, runtime: Runtime, recompute: memory.LayerRecompute | None = None,
-             share_prefix: bool = True):
+             share_prefix: bool = True, media: dict | None = None):
     """Summed loss, correct predictions and count over the supervised positions only. Logits are computed
     just where a label exists (the vocabulary projection is a large share of a small model's compute), a chunk at a
     time and never kept (tunery/train/loss.py). The tokens all rows begin with run once (attention.py); `recompute`
@@ -104,7 +113,7 @@ def _forward(model, ids, labels, runtime: Runtime, recompute: memory.LayerRecomp
     base = model.get_base_model()
     ids, labels = ids.to(runtime.device), labels.to(runtime.device)
     decoder = base.get_decoder()
-    shared = shared_prefix(ids, labels) if share_prefix else 0
+    shared = shared_prefix(ids, labels) if share_prefix and media is None and not _multimodal(base) else 0
     if recompute is not None:
         recompute.set_for(shared + ids[:, shared:].numel())
     # right padding + causal: no mask needed. No KV cache either: transformers would otherwise copy every layer's
@@ -118,6 +127,9 @@ def _forward(model, ids, labels, runtime: Runtime, recompute: memory.LayerRecomp
                           **{attention.SHARED: (shared, rows)})
             hidden = out.last_hidden_state[0, shared:].view(rows, width - shared, -1)
             labels = labels[:, shared:]
+        elif _multimodal(base):  # the vision tower encodes the images into their token positions
+            media = {k: v.to(runtime.device) for k, v in (media or {}).items()}
+            hidden = base.model(input_ids=ids, use_cache=False, **media).last_hidden_state
         else:
             hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
@@ -130,6 +142,10 @@ def _forward(model, ids, labels, runtime: Runtime, recompute: memory.LayerRecomp
     return loss, correct, int(gold.numel())
 
 
+def _multimodal(model) -> bool:
+    return getattr(model.config, "vision_config", None) is not None
+
+
 def evaluate(model, rows: list[Rendered], batch_size: int, pad_id: int, runtime: Runtime, dist: Dist = Dist()
              ) -> dict[str, float]:
     """Vertex eval metrics over a whole dataset (each rank takes a share): token-mean loss, accuracy, count."""
@@ -139,8 +155,8 @@ def evaluate(model, rows: list[Rendered], batch_size: int, pad_id: int, runtime:
     loss_sum, correct, n = 0.0, 0, 0
     with torch.no_grad():
         for k in range(0, len(mine), batch_size):
-            ids, labels = collate([rows[i] for i in mine[k:k + batch_size]], pad_id)
-            s, c, m = _forward(model, ids, labels, runtime)
+            ids, labels, media = _collate([rows[i] for i in mine[k:k + batch_size]], pad_id)
+            s, c, m = _forward(model, ids, labels, runtime, media=media)
             loss_sum, correct, n = loss_sum + float(s), correct + c, n + m
     loss_sum, correct, n = dist.sum(loss_sum, correct, n)
     return {mt.EVAL_LOSS: loss_sum / max(n, 1), mt.EVAL_ACCURACY: correct / max(n, 1), mt.EVAL_PREDICTIONS: int(n)}
@@ -153,8 +169,13 @@ def _attach_lora(model, rank: int, seed: int, alpha: float | None = None, target
     from tunery.config import LORA_TARGETS, default_lora_alpha
 
     torch.manual_seed(seed)  # LoRA A matrices are random; B starts at zero
+    modules = LORA_TARGETS[targets]
+    if _multimodal(model):  # the language model only: the vision (and audio) towers and the projector stay frozen
+        names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] if modules == "all-linear" \
+            else modules
+        modules = rf".*\b(?:language_model|text_model)\b.*\.(?:{'|'.join(names)})$"
     config = LoraConfig(r=rank, lora_alpha=default_lora_alpha(rank) if alpha is None else alpha, lora_dropout=0.0,
-                        target_modules=LORA_TARGETS[targets], bias="none", task_type="CAUSAL_LM")
+                        target_modules=modules, bias="none", task_type="CAUSAL_LM")
     try:
         return get_peft_model(model, config)
     except ValueError as exc:  # PEFT: none of the named layers exists in this architecture
@@ -224,9 +245,9 @@ class _Plan:
         return self.epochs * self.steps_per_epoch
 
 
-def _prepare(cfg: TuningConfig, template: ChatTemplate, max_length: int) -> _Plan:
+def _prepare(cfg: TuningConfig, template: ChatTemplate, max_length: int, media: md.Policy | None = None) -> _Plan:
     """Validate (before any compute), render, and count steps."""
-    report = validate(cfg.train, cfg.validation, template=template,
+    report = validate(cfg.train, cfg.validation, template=template, media=media,
                       limits=Limits(max_length, "--max-length" if cfg.max_length else "the base model's limit"))
     if not report.valid:
         errors = [i for i in report.issues if i.severity == "error"]
@@ -253,8 +274,8 @@ def _train_step(model, optimizer, trainable, rows: list[Rendered], pad_id: int, 
 
     mine = dist.shard(rows)
     if mine:
-        ids, labels = collate(mine, pad_id)
-        loss_sum, correct, n = _forward(model, ids, labels, runtime, recompute)
+        ids, labels, media = _collate(mine, pad_id)
+        loss_sum, correct, n = _forward(model, ids, labels, runtime, recompute, media=media)
     else:  # a short last batch can leave a rank with nothing
         loss_sum, correct, n = torch.zeros((), requires_grad=True), 0, 0
     total_sum, total_correct, total_n = dist.sum(loss_sum.item(), correct, n)
@@ -280,7 +301,7 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
     template = models.load_template(spec)
     max_length = min(spec.max_tokens, cfg.max_length or spec.max_tokens)
     emit({"event": "validating"})
-    plan = _prepare(cfg, template, max_length)
+    plan = _prepare(cfg, template, max_length, models.media_policy(spec))
     emit({"event": "dataset", "stats": plan.stats})
 
     # 2. the run directory: fresh, resumed, or already finished
@@ -313,18 +334,21 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
     torch.set_num_threads(recorded["threads"])
     allowance = threads.Allowance(recorded["threads"])
     base = models.load_model_fresh(spec)
-    attention.use_for_training(base)  # right-padded batches: causal attention without a mask, fastest kernel by length
+    vision = _multimodal(base)  # a vision-language model runs as transformers built it (no text-only kernels)
+    if not vision:
+        attention.use_for_training(base)  # right-padded batches: causal attention without a mask, fastest kernel
     model = _attach_lora(base, cfg.adapter_size, cfg.seed, cfg.alpha, cfg.lora_targets).to(runtime.device)
-    if runtime.autocast == "bfloat16":
+    if runtime.autocast == "bfloat16" and not vision:
         _frozen_linear_weights_to(model, torch.bfloat16)
         memory.share_linear_inputs(model, torch.bfloat16)
         memory.embeddings_to(model, torch.bfloat16)
     memory.own_weights(model)  # releases the checkpoint file's map (its fp32 pages)
-    memory.recompute_gated_activation(model)
+    if not vision:
+        memory.recompute_gated_activation(model)
     lora.use_for_training(model)  # each LoRA linear one autograd node: no scaling multiply or extra add
     if cfg.init_adapter:
         _load_adapter_weights(model, Path(cfg.init_adapter), cfg)
-    recompute = memory.LayerRecompute(model)
+    recompute = None if vision else memory.LayerRecompute(model)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.peak_learning_rate, weight_decay=0.0)
