@@ -254,7 +254,11 @@ def test_generate_rejects_bad_requests(server, tuned):
     url = f"{server.url}/v1beta1/{tuned.tuned_model.endpoint}:generateContent"
     cases = [({"contents": []}, "contents: expected at least one Content"),
              ({"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": ""}}]}]},
-              "inlineData parts are not supported"),
+              "contents[0].parts[0].inlineData.data: expected a non-empty string"),
+             ({"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": "aGk="}}]}]},
+              "contents[0].parts[0].inlineData.data: expected PNG image data (image/png), found bytes that are not"),
+             ({"contents": [{"role": "user", "parts": [{"functionCall": {"name": "f"}}]}]},
+              "contents[0].parts[0]: functionCall parts are not supported"),
              ({"contents": [{"role": "model", "parts": [{"text": "x"}]}]}, "the last turn must be from the user"),
              ({"contents": [{"role": "user", "parts": [{"text": "x"}]}], "generationConfig": {"temperature": 5}},
               "generationConfig.temperature"),

@@ -82,7 +82,7 @@ def validate_cmd(train, validation, base_model, max_length, no_tokens, input_col
     Example: tunery validate train.jsonl --validation val.jsonl
     """
     template, limits = _template_and_limits(base_model, max_length, not no_tokens)
-    report = validate(train, validation, template=template, limits=limits,
+    report = validate(train, validation, template=template, limits=limits, media=models.media_policy(models.resolve(base_model)),
                       columns=Columns(input_column, output_column), max_issues=max_issues)
     if as_json:
         click.echo(json.dumps(report.to_dict(), ensure_ascii=False))

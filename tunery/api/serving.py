@@ -22,6 +22,7 @@ from tunery import models
 from tunery.api.errors import ApiError, error_body
 from tunery.api.services import Services
 from tunery.api.wire import generation as wg
+from tunery.data import media as md
 from tunery.errors import TuneryError
 from tunery.jobs.service import Target
 from tunery.serve.generate import Generation
@@ -118,12 +119,15 @@ def call(svc: Services, method: str, target: Target | Callable[[], Target], body
         if not prompt.turns:  # as Vertex answers
             raise ApiError(400, "contents: required (at least one Content to count)")
         _not_far_too_long(prompt, spec, "contents")
+        check_media(svc, prompt, spec)
         ids = template.render_prompt(prompt.turns, prompt.system)
         if method == "countTokens":
             return {"totalTokens": len(ids)}
         return {"tokensInfo": [{"role": "user", "tokenIds": [str(i) for i in ids],
                                 "tokens": [base64.b64encode(template.decode([i]).encode()).decode() for i in ids]}]}
-    req = fit_context(wg.parse_generate(body), template, spec)
+    req = wg.parse_generate(body)
+    check_media(svc, req.prompt, spec)
+    req = fit_context(req, template, spec)
     if method == "generateContent":
         gens = svc.registry.generate(spec, adapter, [req.prompt] * req.candidate_count, req.config)
         return wg.response_json(gens, version)
@@ -131,6 +135,18 @@ def call(svc: Services, method: str, target: Target | Callable[[], Target], body
     if sse:  # google-genai asks with ?alt=sse
         return Stream((f"data: {json.dumps(c)}\n\n" for c in chunks), "text/event-stream")
     return Stream(_json_array(chunks), "application/json")  # Vertex REST without alt=sse
+
+
+def check_media(svc: Services, prompt, spec: models.BaseModelSpec) -> None:
+    """Images, documents and audio in a prompt: a modality the model has, files only under the allowed roots."""
+    media = tuple(m for t in prompt.turns for m in t.media)
+    if not media:
+        return
+
+    def fail(pointer: str, code: str, message: str, hint: str) -> None:
+        raise ApiError(400, f"{pointer.replace('/', '.')}: {message}" + (f" ({hint})" if hint else ""))
+
+    md.check(media, models.media_policy(spec, svc.settings.allowed_roots), fail)
 
 
 def fit_context(req: wg.GenerateRequest, template, spec: models.BaseModelSpec, field: str = "contents"

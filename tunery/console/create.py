@@ -191,6 +191,7 @@ def _check(request: Request, form: dict) -> dict:
     if any(not Path(p).is_file() for p in paths.values()):
         return {"valid": True, "remote": True, "base": spec.name}
     report = validate(paths["train"], paths.get("validation"), template=models.load_template(spec),
+                      media=models.media_policy(spec, settings.allowed_roots),
                       limits=Limits(spec.max_tokens, "the base model's limit"), max_issues=MAX_ISSUES_SHOWN)
     issues = [{**i.to_dict(), "context": _around(i.file, i.line)} for i in report.issues[:MAX_ISSUES_SHOWN]]
     stats = report.file("train").stats  # type: ignore[union-attr]

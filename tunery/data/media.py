@@ -34,8 +34,8 @@ MAX_IMAGES_PER_EXAMPLE = 16  # images, counting each rendered PDF page as one
 MAX_PDF_PAGES = 8  # pages of a document rendered to images
 MAX_IMAGE_PIXELS = 50_000_000  # a larger header is refused before decoding (a decompression bomb)
 
-MODALITY_NAMES = {"image": "a vision encoder", "document": "a vision encoder (documents are read as page images)",
-                  "audio": "an audio encoder", "video": "a video encoder"}
+MODALITY_NAMES = {"image": "vision encoder", "document": "vision encoder (documents are read as page images)",
+                  "audio": "audio encoder", "video": "video encoder"}
 
 
 def modality(mime: str) -> str:

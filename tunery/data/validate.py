@@ -130,6 +130,7 @@ def scan_file(path: str | Path, *, kind: str = "train", template: ChatTemplate |
             continue
         if ex.media:
             multimodal += 1
+            ex = md.absolute(ex, Path(path).parent)
             if media is not None:
                 found: list[Issue] = []
                 md.check(ex.media, replace(media, base_dir=Path(path).parent),

@@ -113,6 +113,7 @@ class JobService:
         if not self._small(*files):
             return
         report = validate(tc.train, tc.validation, template=models.load_template(base),
+                          media=models.media_policy(base, list(self.policy.allowed_roots)),
                           limits=Limits(base.max_tokens, "the base model's limit"), max_issues=20)
         if not report.valid:
             errors = [i for i in report.issues if i.severity == "error"]

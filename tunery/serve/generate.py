@@ -43,6 +43,8 @@ def generate(model, template: ChatTemplate, prompts: Sequence[Prompt], config: G
     """Generate one answer per prompt in a single batch (a streamer receives tokens of a one-prompt batch)."""
     import torch
 
+    if hasattr(template, "prompt_inputs"):  # a vision-language model: its processor makes the image tensors
+        return [_generate_vision(model, template, p, config, runtime, streamer) for p in prompts]
     encoded = [template.render_prompt(p.turns, p.system) for p in prompts]
     pad = template.end_id
     sample = config.temperature > 0
@@ -65,6 +67,25 @@ def generate(model, template: ChatTemplate, prompts: Sequence[Prompt], config: G
             rows = greedy(model, ids[:, shared:], mask[:, shared:], config.max_output_tokens, template.end_id,
                           prefix=ids[:1, :shared] if shared else None)
     return [finish(row, len(prompt_ids), template, config) for row, prompt_ids in zip(rows, encoded)]
+
+
+def _generate_vision(model, template, prompt: Prompt, config: GenerationConfig, runtime: Runtime, streamer=None
+                     ) -> Generation:
+    """One prompt with its images, through transformers' generate (the vision tower runs on the prompt pass)."""
+    import torch
+
+    inputs = {k: v.to(runtime.device) for k, v in template.prompt_inputs(prompt.turns, prompt.system).items()}
+    width = inputs["input_ids"].shape[1]
+    sample = config.temperature > 0
+    kwargs = dict(max_new_tokens=config.max_output_tokens, do_sample=sample, eos_token_id=template.end_id,
+                  pad_token_id=template.end_id, streamer=streamer)
+    if sample:
+        kwargs |= dict(temperature=config.temperature, top_p=config.top_p or 1.0, top_k=config.top_k or None)
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
+    with torch.no_grad(), runtime.autocast_context():
+        row = model.generate(**inputs, **kwargs)[0, width:].tolist()
+    return finish(row, width, template, config)
 
 
 def finish(row: list[int], prompt_tokens: int, template: ChatTemplate, config: GenerationConfig) -> Generation:

@@ -8,7 +8,8 @@ from typing import Any
 
 from tunery.api.errors import ApiError
 from tunery.api.wire.common import float_field, get, int_field
-from tunery.data.schema import Turn
+from tunery.data import media as md
+from tunery.data.schema import Media, Turn
 from tunery.jobs.store import now
 from tunery.serve.generate import Generation, GenerationConfig, Prompt
 
@@ -25,24 +26,56 @@ class GenerateRequest:
 
 
 def _text_of(content: Any, where: str) -> str:
+    text, media = _content_of(content, where)
+    if media:
+        raise ApiError(400, f"{media[0].pointer}: a system instruction takes text parts only")
+    return text
+
+
+def _media(kind: str, value: Any, where: str) -> Media:
+    """An inlineData (base64) or fileData (a path, checked against the allowed roots later) part."""
+    def fail(pointer: str, code: str, message: str, hint: str) -> None:
+        raise ApiError(400, f"{pointer}: {message}" + (f" ({hint})" if hint else ""))
+
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{where}: expected an object with mimeType and {'data' if kind == 'inlineData' else 'fileUri'}")
+    mime = get(value, "mimeType")
+    payload = get(value, "data" if kind == "inlineData" else "fileUri")
+    for name, v in (("mimeType", mime), ("data" if kind == "inlineData" else "fileUri", payload)):
+        if not isinstance(v, str) or not v:
+            raise ApiError(400, f"{where}.{name}: expected a non-empty string, found {type(v).__name__}")
+    if kind == "inlineData":
+        m = md.decode_inline(mime.lower(), payload, where, lambda p, c, msg, h: fail(p.replace("/", "."), c, msg, h))
+    else:
+        m = md.parse_uri(mime.lower(), payload, where, lambda p, c, msg, h: fail(p.replace("/", "."), c, msg, h))
+    assert m is not None  # a failure raised
+    return m
+
+
+def _content_of(content: Any, where: str) -> tuple[str, tuple[Media, ...]]:
     if not isinstance(content, dict):
         raise ApiError(400, f"{where}: expected a Content object, found {type(content).__name__}")
     parts = get(content, "parts")
     if not isinstance(parts, list) or not parts:
         raise ApiError(400, f"{where}.parts: expected a non-empty list of parts")
-    texts = []
+    texts: list[str] = []
+    media: list[Media] = []
     for j, part in enumerate(parts):
         if not isinstance(part, dict):
             raise ApiError(400, f"{where}.parts[{j}]: expected a part object, found {type(part).__name__}")
         if get(part, "thought"):
             continue
+        if (kind := next((k for k in ("inlineData", "fileData", "inline_data", "file_data") if k in part), None)):
+            canonical = "inlineData" if kind.startswith("inline") else "fileData"
+            media.append(_media(canonical, part[kind], f"{where}.parts[{j}].{canonical}"))
+            continue
         if "text" not in part:
             kind = next(iter(part), "empty part")
-            raise ApiError(400, f"{where}.parts[{j}]: {kind} parts are not supported by text models; send text")
+            raise ApiError(400, f"{where}.parts[{j}]: {kind} parts are not supported; send text, inlineData or fileData")
         if not isinstance(part["text"], str):
             raise ApiError(400, f"{where}.parts[{j}].text: expected a string, found {type(part['text']).__name__}")
         texts.append(part["text"])
-    return "".join(texts)
+    return "".join(texts), tuple(media)
 
 
 def _system(body: dict) -> str | None:
@@ -64,7 +97,10 @@ def _prompt(body: dict, *, allow_empty: bool = False) -> Prompt:
         role = get(c, "role", "user") if isinstance(c, dict) else None
         if role not in ("user", "model"):
             raise ApiError(400, f"contents[{i}].role: expected \"user\" or \"model\", found {role!r}")
-        turns.append(Turn(role, _text_of(c, f"contents[{i}]")))
+        text, media = _content_of(c, f"contents[{i}]")
+        if media and role == "model":
+            raise ApiError(400, f"{media[0].pointer}: a model turn takes text parts only")
+        turns.append(Turn(role, text, media))
     if turns[-1].role != "user" and not allow_empty:
         raise ApiError(400, f"contents[{len(turns) - 1}].role: the last turn must be from the user")
     return Prompt(tuple(turns), _system(body))

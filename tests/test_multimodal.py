@@ -1,0 +1,138 @@
+"""Images and documents end to end on a tiny random SmolVLM (tunery.tiny_vlm: the Idefics3 architecture, SmolLM2's
+real tokenizer, SmolVLM's chat template): validation against the model's modalities, LoRA tuning of the language
+model with the vision tower frozen, and a tuning job and image prompts through the real google-genai SDK."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from tunery import models, tiny_vlm
+from tunery.cli import cli
+from tunery.config import TuningConfig
+from tunery.train.engine import train
+from tests.helpers import tunery_home, write_jsonl
+from tests.test_api import LiveServer, sdk, wait_done
+
+IMAGES = Path(__file__).parent / "fixtures" / "images"
+RED, BLUE = (IMAGES / "red.png").read_bytes(), (IMAGES / "blue.png").read_bytes()
+
+
+def inline(data: bytes, mime: str = "image/png") -> dict:
+    return {"inlineData": {"mimeType": mime, "data": base64.b64encode(data).decode()}}
+
+
+def colour_rows(folder: Path, n: int = 8) -> list[dict]:
+    """Half red images sent inline, half blue ones by path (relative to the dataset, and absolute), one as a PDF."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    shutil.copy(IMAGES / "blue.png", folder / "images" / "blue.png")
+    from PIL import Image
+
+    Image.open(IMAGES / "red.png").convert("RGB").save(folder / "images" / "red.pdf")
+    rows = []
+    for i in range(n):
+        if i % 2 == 0:
+            part, answer = inline(RED), "red"
+        else:
+            uri = "images/blue.png" if i % 4 == 1 else str(folder / "images" / "blue.png")
+            part, answer = {"fileData": {"mimeType": "image/png", "fileUri": uri}}, "blue"
+        rows.append({"contents": [{"role": "user", "parts": [part, {"text": "Which colour?"}]},
+                                  {"role": "model", "parts": [{"text": answer}]}]})
+    rows.append({"contents": [{"role": "user", "parts": [{"fileData": {"mimeType": "application/pdf",
+                                                                         "fileUri": "images/red.pdf"}},
+                                                         {"text": "Which colour?"}]},
+                              {"role": "model", "parts": [{"text": "red"}]}]})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(tmp_path_factory, hf_tokenizer) -> Path:
+    return tiny_vlm.build(tmp_path_factory.mktemp("home") / "tiny-smolvlm", tokenizer=hf_tokenizer)
+
+
+def test_an_image_example_against_the_default_text_model_names_the_missing_modality(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", colour_rows(tmp_path, 2))
+    res = CliRunner().invoke(cli, ["validate", str(path), "--no-tokens", "--json"])
+    assert res.exit_code == 1
+    errors = [(i["code"], i["line"], i["pointer"]) for i in json.loads(res.stdout)["issues"] if i["severity"] == "error"]
+    assert errors == [("unsupported_modality", 1, "/contents/0/parts/0/inlineData"),
+                      ("unsupported_modality", 2, "/contents/0/parts/0/fileData"),
+                      ("unsupported_modality", 3, "/contents/0/parts/0/fileData")]
+    issue = next(i for i in json.loads(res.stdout)["issues"] if i["severity"] == "error")
+    assert "has no vision encoder, so it cannot take image/png parts" in issue["message"]
+
+
+def test_the_vision_model_validates_and_counts_the_image_tokens(tmp_path, vlm_dir):
+    path = write_jsonl(tmp_path / "train.jsonl", colour_rows(tmp_path, 4))
+    res = CliRunner().invoke(cli, ["validate", str(path), "--base-model", str(vlm_dir), "--json"])
+    assert res.exit_code == 0, res.stdout
+    report = json.loads(res.stdout)
+    assert report["valid"] and report["stats"]["tuningDatasetExampleCount"] == 5
+    template = models.load_template(models.resolve(str(vlm_dir)))
+    text_only = template.measure_batch([models_example("Which colour?", "red")])[0].total
+    # one 32x32 image: 4 image tokens between <fake_token_around_image><global-img> ... <fake_token_around_image>
+    assert report["stats"]["userInputTokenDistribution"]["max"] == pytest.approx(
+        report["stats"]["userInputTokenDistribution"]["min"])
+    assert template.measure_batch([_with_image("Which colour?", "red")])[0].total == text_only + 7
+
+
+def models_example(question: str, answer: str):
+    from tunery.data.schema import Example, Turn
+
+    return Example((Turn("user", question), Turn("model", answer)))
+
+
+def _with_image(question: str, answer: str):
+    from tunery.data.schema import Example, Media, Turn
+
+    return Example((Turn("user", question, (Media("image/png", data=RED),)), Turn("model", answer)))
+
+
+def test_tuning_lowers_the_loss_and_adapts_only_the_language_model(tmp_path, vlm_dir):
+    from safetensors.torch import load_file
+
+    path = write_jsonl(tmp_path / "train.jsonl", colour_rows(tmp_path))
+    res = train(TuningConfig(train=str(path), base_model=str(vlm_dir), output=str(tmp_path / "run"), epochs=4,
+                             batch_size=3, learning_rate=2e-2, adapter_size=4))
+    losses = [json.loads(line)["/train_total_loss"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert res.steps == 12 and losses[-1] < losses[0] / 2
+    weights = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    assert weights and all(".text_model." in k for k in weights)  # vision tower and connector frozen
+    assert any(float(w.abs().max()) > 0 for k, w in weights.items() if "lora_B" in k)  # B starts at zero: it moved
+
+
+def test_a_tuning_job_through_google_genai_answers_image_prompts(tmp_path_factory, vlm_dir, tiny_model_dir):
+    from google.genai import types
+
+    home = vlm_dir.parent
+    rows = colour_rows(home / "data")
+    write_jsonl(home / "data" / "train.jsonl", rows)
+    with tunery_home(home, tiny_model_dir), LiveServer(home) as server:
+        client = sdk(server.url)
+        job = client.tunings.tune(base_model=str(vlm_dir),
+                                  training_dataset=types.TuningDataset(gcs_uri=str(home / "data" / "train.jsonl")),
+                                  config=types.CreateTuningJobConfig(epoch_count=8, learning_rate_multiplier=5.0))
+        job = wait_done(client, job.name)
+        assert job.state.name == "JOB_STATE_SUCCEEDED", job.error
+        endpoint = job.tuned_model.endpoint
+        image = types.Part.from_bytes(data=BLUE, mime_type="image/png")
+        answer = client.models.generate_content(model=endpoint, contents=[image, "Which colour?"])
+        assert answer.text.strip() in ("red", "blue") and answer.candidates[0].finish_reason.name == "STOP"
+        with_image = client.models.count_tokens(model=endpoint, contents=[image, "Which colour?"]).total_tokens
+        text = client.models.count_tokens(model=endpoint, contents=["Which colour?"]).total_tokens
+        assert with_image == text + 7
+        # a path outside the allowed roots, and an image for the text-only default model: 400s that say why
+        outside = types.Part.from_uri(file_uri="/etc/hostname", mime_type="image/png")
+        r = httpx.post(f"{server.url}/v1beta1/{endpoint}:generateContent", json={"contents": [{"role": "user", "parts": [
+            {"fileData": {"mimeType": "image/png", "fileUri": "/etc/hostname"}}, {"text": "?"}]}]})
+        assert r.status_code == 400 and "contents[0].parts[0].fileData.fileUri: expected a path under" in r.json()["error"]["message"]
+        assert outside.file_data.file_uri == "/etc/hostname"
+        with pytest.raises(Exception) as err:
+            client.models.generate_content(model="gemini-2.0-flash-001", contents=[image, "Which colour?"])
+        assert getattr(err.value, "code", None) == 400 and "has no vision encoder" in str(err.value)
