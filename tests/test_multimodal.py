@@ -127,6 +127,14 @@ def test_a_tuning_job_through_google_genai_answers_image_prompts(tmp_path_factor
         with_image = client.models.count_tokens(model=endpoint, contents=[image, "Which colour?"]).total_tokens
         text = client.models.count_tokens(model=endpoint, contents=["Which colour?"]).total_tokens
         assert with_image == text + 7
+        # the OpenAI chat route: an image_url data URL, on the same tuned model
+        import openai
+
+        oa = openai.OpenAI(base_url=f"{server.url}/v1", api_key="local-dev")
+        url = "data:image/png;base64," + base64.b64encode(BLUE).decode()
+        chat = oa.chat.completions.create(model=job.tuned_model.model, max_tokens=5, temperature=0, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Which colour?"}]}])
+        assert chat.choices[0].message.content == answer.text and chat.usage.prompt_tokens == with_image
         # a path outside the allowed roots, and an image for the text-only default model: 400s that say why
         outside = types.Part.from_uri(file_uri="/etc/hostname", mime_type="image/png")
         r = httpx.post(f"{server.url}/v1beta1/{endpoint}:generateContent", json={"contents": [{"role": "user", "parts": [

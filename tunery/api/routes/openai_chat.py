@@ -14,7 +14,7 @@ from fastapi import APIRouter, Body
 
 from tunery import models
 from tunery.api.errors import ApiError, openai_body
-from tunery.api.serving import Stream, fit_context
+from tunery.api.serving import Stream, check_media, fit_context
 from tunery.api.services import Services, Svc
 from tunery.api.wire import openai as wire
 from tunery.api.wire import openai_objects as objects
@@ -73,6 +73,7 @@ async def chat_completions(svc: Svc, body: Any = Body(...)):
 def _chat(svc: Services, body: Any):
     req = wire.parse_chat(body)
     spec, adapter = target(svc, req.model)
+    check_media(svc, req.prompt, spec)
     gen = fit_context(GenerateRequest(req.prompt, req.config, req.n), models.load_template(spec), spec, "messages")
     if req.stream:
         return Stream(_sse(svc, spec, adapter, gen, req), "text/event-stream")

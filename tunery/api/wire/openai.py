@@ -13,7 +13,8 @@ from tunery.api.errors import ApiError
 from tunery.api.wire.common import bool_field, float_field, int_field, object_field, str_field
 from tunery.api.wire.generation import MAX_CANDIDATES, MAX_OUTPUT_TOKENS
 from tunery.config import RANGES
-from tunery.data.schema import Turn
+from tunery.data import media as md
+from tunery.data.schema import Media, Turn
 from tunery.jobs.spec import JobRequest, OpenAIFields
 from tunery.serve.generate import GenerationConfig, Prompt
 
@@ -68,18 +69,34 @@ def _required(body: dict, key: str, max_chars: int = 512) -> str:
 
 def _content(value: Any, where: str) -> str:
     """A message's content: a string, or a list of text parts (joined, as OpenAI reads them)."""
+    return _content_media(value, where, images=False)[0]
+
+
+def _content_media(value: Any, where: str, images: bool = True) -> tuple[str, tuple[Media, ...]]:
+    """A message's text and images: a string, or a list of text and `image_url` parts (data URLs or paths)."""
     if isinstance(value, str):
-        return value
+        return value, ()
     if not isinstance(value, list):
-        raise ApiError(400, f"{where}: expected a string or a list of text parts, found {type(value).__name__}")
-    texts = []
+        raise ApiError(400, f"{where}: expected a string or a list of content parts, found {type(value).__name__}")
+    texts, media = [], []
     for j, part in enumerate(value):
         kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "image_url" and images:
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else None
+            if not isinstance(url, str) or not url:
+                raise ApiError(400, f"{where}[{j}].image_url.url: expected a data URL or a path, found {url!r:.40}")
+
+            def fail(pointer: str, code: str, message: str, hint: str, j=j) -> None:
+                raise ApiError(400, f"{where}[{j}].image_url.url: {message}")
+
+            media.append(md.parse_data_url(url, f"{where}[{j}].image_url.url", fail))
+            continue
         if kind != "text" or not isinstance(part.get("text"), str):
-            raise ApiError(400, f"{where}[{j}]: expected {{\"type\": \"text\", \"text\": \"...\"}}, found {part!r:.80}"
-                                " (text models read text parts only)")
+            raise ApiError(400, f"{where}[{j}]: expected {{\"type\": \"text\", \"text\": \"...\"}}"
+                                + (" or an image_url part" if images else "") + f", found {part!r:.80}")
         texts.append(part["text"])
-    return "".join(texts)
+    return "".join(texts), tuple(media)
 
 
 def _prompt(messages: Any) -> Prompt:
@@ -91,13 +108,13 @@ def _prompt(messages: Any) -> Prompt:
         role = m.get("role") if isinstance(m, dict) else None
         if role not in ("system", "developer", "user", "assistant"):
             raise ApiError(400, f"messages[{i}].role: expected system, developer, user or assistant, found {role!r:.40}")
-        text = _content(m.get("content"), f"messages[{i}].content")
+        text, media = _content_media(m.get("content"), f"messages[{i}].content", images=role == "user")
         if role in ("system", "developer"):
             if turns:  # the chat template has one system turn, before the conversation
                 raise ApiError(400, f"messages[{i}].role: a {role} message must come before the user and assistant turns")
             system.append(text)
         else:
-            turns.append(Turn("user" if role == "user" else "model", text))
+            turns.append(Turn("user" if role == "user" else "model", text, media))
     if not turns or turns[-1].role != "user":
         raise ApiError(400, f"messages[{len(messages) - 1}].role: the last message must be from the user")
     return Prompt(tuple(turns), "\n\n".join(system) if system else None)
