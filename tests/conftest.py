@@ -34,7 +34,7 @@ _one_core_per_worker()
 # tests first", which left the single-test files (the real-model test, the chaos run) for the end, alone on one core.
 LONGEST_FIRST = ["test_ray.py", "test_train_real.py", "test_examples.py", "test_chaos.py", "test_resume.py",
                  "test_jobs_worker.py", "test_api.py", "test_train.py", "test_api_limits.py", "test_console.py",
-                 "test_vertex_sdk.py", "test_selection.py", "test_fuzz.py"]
+                 "test_vertex_sdk.py", "test_multimodal.py", "test_selection.py", "test_fuzz.py"]
 
 
 def pytest_collection_modifyitems(items):

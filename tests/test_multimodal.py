@@ -144,3 +144,16 @@ def test_a_tuning_job_through_google_genai_answers_image_prompts(tmp_path_factor
         with pytest.raises(Exception) as err:
             client.models.generate_content(model="gemini-2.0-flash-001", contents=[image, "Which colour?"])
         assert getattr(err.value, "code", None) == 400 and "has no vision encoder" in str(err.value)
+
+
+def test_the_multimodal_example_runs_the_whole_flow_with_no_arguments():
+    """examples/multimodal_tuning.py as a user runs it: builds its tiny VLM, starts and stops its own server."""
+    import subprocess
+    import sys
+
+    example = Path(__file__).parent.parent / "examples" / "multimodal_tuning.py"
+    proc = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "state: JOB_STATE_SUCCEEDED" in proc.stdout
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("tuned endpoint, blue image:"))
+    assert line.endswith("(18 prompt tokens with the image)")  # 11 of text and chat markup, 7 for the image
