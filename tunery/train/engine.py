@@ -143,7 +143,7 @@ def _forward(model, ids, labels, runtime: Runtime, recompute: memory.LayerRecomp
 
 
 def _multimodal(model) -> bool:
-    return getattr(model.config, "vision_config", None) is not None
+    return getattr(getattr(model, "config", None), "vision_config", None) is not None
 
 
 def evaluate(model, rows: list[Rendered], batch_size: int, pad_id: int, runtime: Runtime, dist: Dist = Dist()
