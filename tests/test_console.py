@@ -363,7 +363,17 @@ def test_other_forms_and_pages_reject_bad_input_in_words(page, server, home):
     page.click("#run")
     page.wait_for_selector('#pane-left[data-done="error"]')
     assert "Temperature: expected a number from 0 to 2, found 'hot'" in page.inner_text("#error-left")
+    # an image goes to the model inline; the text-only default model says which encoder it lacks
+    page.fill("#temperature", "0")
+    page.set_input_files("#image", str(Path(__file__).parent / "fixtures" / "images" / "red.png"))
+    page.click("#run")
+    page.wait_for_selector('#pane-left[data-done="error"]')
+    assert "has no vision encoder, so it cannot take image/png parts" in page.inner_text("#error-left")
     token = page.get_attribute('meta[name="csrf-token"]', "content")
+    r = page.request.post("/console/api/generate", data=json.dumps({"target": "base:gemini-2.0-flash-001", "prompt": "hi",
+                                                                    "image": {"mimeType": "image/png"}}),
+                          headers={"X-CSRF-Token": token, "Origin": server, "Content-Type": "application/json"})
+    assert r.status == 400 and "Image: expected a file" in r.json()["error"]
     r = page.request.post("/console/api/generate", data=json.dumps({"target": "endpoint:999", "prompt": "hi"}),
                           headers={"X-CSRF-Token": token, "Origin": server, "Content-Type": "application/json"})
     assert r.status == 404 and "endpoint 999 not found" in r.json()["error"]

@@ -74,6 +74,10 @@ def test_the_vision_model_validates_and_counts_the_image_tokens(tmp_path, vlm_di
     assert res.exit_code == 0, res.stdout
     report = json.loads(res.stdout)
     assert report["valid"] and report["stats"]["tuningDatasetExampleCount"] == 5
+    assert report["stats"]["multimodalExampleCount"] == 5
+    assert report["stats"]["mediaPartCounts"] == {"document": 1, "image": 4}
+    samples = json.dumps(report["stats"]["userDatasetExamples"])
+    assert "inlineData" not in samples and "images/blue.png" in samples  # no image bytes in every job record
     template = models.load_template(models.resolve(str(vlm_dir)))
     text_only = template.measure_batch([models_example("Which colour?", "red")])[0].total
     # one 32x32 image: 4 image tokens between <fake_token_around_image><global-img> ... <fake_token_around_image>
@@ -94,17 +98,37 @@ def _with_image(question: str, answer: str):
     return Example((Turn("user", question, (Media("image/png", data=RED),)), Turn("model", answer)))
 
 
-def test_tuning_lowers_the_loss_and_adapts_only_the_language_model(tmp_path, vlm_dir):
+@pytest.fixture(scope="module")
+def vlm_run(tmp_path_factory, vlm_dir):
+    folder = tmp_path_factory.mktemp("vlm-run")
+    path = write_jsonl(folder / "train.jsonl", colour_rows(folder))
+    res = train(TuningConfig(train=str(path), base_model=str(vlm_dir), output=str(folder / "run"), epochs=4,
+                             batch_size=3, learning_rate=2e-2, adapter_size=4))
+    return res
+
+
+def test_tuning_lowers_the_loss_and_adapts_only_the_language_model(vlm_run):
     from safetensors.torch import load_file
 
-    path = write_jsonl(tmp_path / "train.jsonl", colour_rows(tmp_path))
-    res = train(TuningConfig(train=str(path), base_model=str(vlm_dir), output=str(tmp_path / "run"), epochs=4,
-                             batch_size=3, learning_rate=2e-2, adapter_size=4))
-    losses = [json.loads(line)["/train_total_loss"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    assert res.steps == 12 and losses[-1] < losses[0] / 2
-    weights = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    run = vlm_run.output
+    losses = [json.loads(line)["/train_total_loss"] for line in (run / "metrics.jsonl").open()]
+    assert vlm_run.steps == 12 and losses[-1] < losses[0] / 2
+    weights = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     assert weights and all(".text_model." in k for k in weights)  # vision tower and connector frozen
     assert any(float(w.abs().max()) > 0 for k, w in weights.items() if "lora_B" in k)  # B starts at zero: it moved
+
+
+def test_compare_on_a_test_set_of_images(vlm_run, tmp_path):
+    """The before/after report on image prompts: the test set's relative image paths are read from its folder."""
+    data = write_jsonl(tmp_path / "test.jsonl", colour_rows(tmp_path, 4))
+    html = tmp_path / "report.html"
+    r = CliRunner().invoke(cli, ["compare", "--tuned", str(vlm_run.output), "--data", str(data), "--task",
+                                 "classification", "--max-output-tokens", "4", "--report", str(html)])
+    assert r.exit_code == 0, r.output
+    report = json.loads(html.with_suffix(".json").read_text())
+    assert report["examples"] == 5 and set(report["metrics"]) == {"base", "tuned"}
+    # the random base model never says a colour; the tuned one answers with one of the two it was taught
+    assert report["metrics"]["base"]["accuracy"] == 0 and report["metrics"]["tuned"]["accuracy"] > 0
 
 
 def test_a_tuning_job_through_google_genai_answers_image_prompts(tmp_path_factory, vlm_dir, tiny_model_dir):
@@ -127,6 +151,15 @@ def test_a_tuning_job_through_google_genai_answers_image_prompts(tmp_path_factor
         with_image = client.models.count_tokens(model=endpoint, contents=[image, "Which colour?"]).total_tokens
         text = client.models.count_tokens(model=endpoint, contents=["Which colour?"]).total_tokens
         assert with_image == text + 7
+        # the vertexai SDK (google-cloud-aiplatform): Part.from_data on the same endpoint
+        from vertexai.generative_models import GenerativeModel, Part
+
+        from tests.test_vertex_sdk import vertex_init
+
+        vertex_init(server)
+        legacy = GenerativeModel(endpoint).generate_content([Part.from_data(data=BLUE, mime_type="image/png"),
+                                                             "Which colour?"])
+        assert legacy.text == answer.text
         # the OpenAI chat route: an image_url data URL, on the same tuned model
         import openai
 
@@ -144,6 +177,17 @@ def test_a_tuning_job_through_google_genai_answers_image_prompts(tmp_path_factor
         with pytest.raises(Exception) as err:
             client.models.generate_content(model="gemini-2.0-flash-001", contents=[image, "Which colour?"])
         assert getattr(err.value, "code", None) == 400 and "has no vision encoder" in str(err.value)
+
+    # a dataset too big to check when the job is created (here: any) is checked by the job, against the same roots
+    rows[1]["contents"][0]["parts"][0]["fileData"]["fileUri"] = str(IMAGES / "blue.png")  # outside the home
+    write_jsonl(home / "data" / "outside.jsonl", rows)
+    with tunery_home(home, tiny_model_dir), LiveServer(home, validate_on_create_bytes=0) as server:
+        client = sdk(server.url)
+        job = client.tunings.tune(base_model=str(vlm_dir),
+                                  training_dataset=types.TuningDataset(gcs_uri=str(home / "data" / "outside.jsonl")))
+        job = wait_done(client, job.name)
+        assert job.state.name == "JOB_STATE_FAILED"
+        assert "file_outside_roots" in job.error.message and "/contents/0/parts/0/fileData/fileUri" in job.error.message
 
 
 def test_the_multimodal_example_runs_the_whole_flow_with_no_arguments():

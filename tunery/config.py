@@ -112,6 +112,7 @@ class TuningConfig:
     save_interval_seconds: float = 60.0  # resume state is saved at least this often (and at every checkpoint)
     init_adapter: str | None = None  # continue tuning from this adapter directory (Vertex preTunedModel)
     early_stopping_patience: int | None = None  # stop after this many validation passes without a better loss
+    media_roots: tuple[str, ...] | None = None  # image, PDF and audio files only under these (a server's allowed roots)
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in RANGES.items():

@@ -339,15 +339,14 @@ def template_spec(spec: BaseModelSpec, tokenizer: Tokenizer) -> TemplateSpec:
 
 def modalities(spec: BaseModelSpec) -> frozenset[str]:
     """What the model reads besides text, from its config: a vision tower reads images (and documents, as page
-    images), an audio tower audio. Registry and hub models: text."""
+    images). Registry and hub models: text."""
     if spec.kind != "local":
         return frozenset({"text"})
     cfg = json.loads((Path(spec.name) / "config.json").read_text())
     found = {"text"}
     if cfg.get("vision_config") is not None:
         found |= {"image", "document"}
-    if cfg.get("audio_config") is not None:
-        found.add("audio")
+    # an `audio_config` (Gemma 3n) is not enough yet: tunery renders images and PDF pages, not audio features
     return frozenset(found)
 
 

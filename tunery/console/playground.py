@@ -56,7 +56,7 @@ def _number(value, field: str, lo: float, hi: float, whole: bool = False) -> flo
 
 @router.post("/console/api/generate")
 async def generate(request: Request, body: dict = Body(...)) -> Response:
-    """{target, prompt, system, temperature, maxOutputTokens} -> the Vertex SSE stream of that model's answer, from
+    """{target, prompt, system, temperature, maxOutputTokens, image?} -> the Vertex SSE stream of that model's answer, from
     the generation gate's threads (as the API's)."""
     try:
         return await svc(request).generation.run(_generate, request, body)
@@ -72,7 +72,13 @@ def _generate(request: Request, body: dict):
         raise ApiError(400, "Prompt: write something for the model to answer")
     config = {"temperature": _number(body.get("temperature", 0), "Temperature", 0, 2),
               "maxOutputTokens": _number(body.get("maxOutputTokens", 64), "Max output tokens", 1, 8192, whole=True)}
-    request_body: dict = {"contents": [{"role": "user", "parts": [{"text": prompt}]}], "generationConfig": config}
+    parts: list[dict] = [{"text": prompt}]
+    if (image := body.get("image")) is not None:  # checked (type, size, the model's encoders) as the API checks it
+        if not (isinstance(image, dict) and set(image) == {"mimeType", "data"}
+                and all(isinstance(v, str) and v for v in image.values())):
+            raise ApiError(400, "Image: expected a file (its type and bytes), found none")
+        parts.insert(0, {"inlineData": {"mimeType": image["mimeType"], "data": image["data"]}})
+    request_body: dict = {"contents": [{"role": "user", "parts": parts}], "generationConfig": config}
     if isinstance(body.get("system"), str) and body["system"].strip():
         request_body["systemInstruction"] = {"parts": [{"text": body["system"]}]}
     kind, _, name = target.partition(":")

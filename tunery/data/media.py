@@ -35,7 +35,8 @@ MAX_PDF_PAGES = 8  # pages of a document rendered to images
 MAX_IMAGE_PIXELS = 50_000_000  # a larger header is refused before decoding (a decompression bomb)
 
 MODALITY_NAMES = {"image": "vision encoder", "document": "vision encoder (documents are read as page images)",
-                  "audio": "audio encoder", "video": "video encoder"}
+                  "audio": "audio encoder tunery can use (audio is validated, not yet tuned or served)",
+                  "video": "video encoder tunery can use (video is not read)"}
 
 
 def modality(mime: str) -> str:

@@ -49,6 +49,8 @@ class StatsAccumulator:
         self.dropped: Counter[str] = Counter()
         self.first_dropped_line: dict[str, int] = {}
         self.samples: list[Example] = []
+        self.media: Counter[str] = Counter()  # image, document and audio parts by modality
+        self.media_examples = 0
 
     @property
     def examples(self) -> int:
@@ -62,8 +64,11 @@ class StatsAccumulator:
         if measure is not None:
             self.output_tokens.append(measure.supervised)
             self.input_tokens.append(measure.total - measure.supervised)
+        if ex.media:
+            self.media_examples += 1
+            self.media.update(m.modality for m in ex.media)
         if len(self.samples) < SAMPLE_EXAMPLES:
-            self.samples.append(ex)
+            self.samples.append(_without_inline_media(ex))
 
     def drop(self, reason: str, line: int | None) -> None:
         self.dropped[reason] += 1
@@ -85,6 +90,9 @@ class StatsAccumulator:
             "userMessagePerExampleDistribution": distribution(np.frombuffer(self.user_messages, dtype=np.int32)),
             "userDatasetExamples": [c for ex in self.samples for c in to_contents(ex)["contents"]],
         }
+        if self.media_examples:  # tunery: their tokens are in the token distributions (the processor's count)
+            stats["multimodalExampleCount"] = self.media_examples
+            stats["mediaPartCounts"] = dict(sorted(self.media.items()))
         if batch_size:
             stats["tuningStepCount"] = math.ceil(n / batch_size) * epochs
         if len(self.output_tokens) == n and n:  # token counts were measured
@@ -97,3 +105,13 @@ class StatsAccumulator:
             stats["totalTokenCount"] = total  # tunery: tokens of one epoch
             stats["supervisedTokenFraction"] = round(float(out.sum()) / total, 6) if total else 0.0  # tunery
         return stats
+
+
+def _without_inline_media(ex: Example) -> Example:
+    """The example as the stats show it: inline bytes dropped (a sample of a few images would be megabytes in every
+    job record), file parts kept by path."""
+    from dataclasses import replace
+
+    if not any(m.data is not None for m in ex.media):
+        return ex
+    return replace(ex, turns=tuple(replace(t, media=tuple(m for m in t.media if m.data is None)) for t in ex.turns))

@@ -13,6 +13,7 @@ sides of a comparison.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunery import models
+from tunery.data import media as md
 from tunery.data.formats import Columns, parse
 from tunery.data.jsonl import read_records
 from tunery.errors import DatasetError, TuneryError
@@ -55,6 +57,7 @@ def load_items(path: str | Path, limit: int | None = None, columns: Columns = Co
         if example.turns[-1].role != "model" or len(example.turns) < 2:
             raise DatasetError(path, "expected the conversation to end with a model turn (the reference answer), "
                                f"found a {example.turns[-1].role} turn last", line=line)
+        example = md.absolute(example, Path(path).parent)  # image paths relative to the test set
         items.append(Item(line, Prompt(example.turns[:-1], example.system), example.reference))
         if limit is not None and len(items) >= limit:
             break
@@ -168,9 +171,12 @@ def _generate_remote(target: Target, prompts: list[Prompt], config: GenerationCo
     name = client.model_path(target.name)
     gen_config = {"temperature": config.temperature, "maxOutputTokens": config.max_output_tokens}
 
+    def parts(t) -> list[dict]:  # images travel inline: the server need not see this machine's files
+        media = [{"inlineData": {"mimeType": m.mime, "data": base64.b64encode(md.read(m)).decode()}} for m in t.media]
+        return media + ([{"text": t.text}] if t.text or not media else [])
+
     def one(p: Prompt) -> Generation:
-        body = {"contents": [{"role": t.role, "parts": [{"text": t.text}]} for t in p.turns],
-                "generationConfig": gen_config}
+        body = {"contents": [{"role": t.role, "parts": parts(t)} for t in p.turns], "generationConfig": gen_config}
         if p.system:
             body["systemInstruction"] = {"parts": [{"text": p.system}]}
         r = client.call("POST", f"{name}:generateContent", json=body)

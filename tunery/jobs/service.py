@@ -89,7 +89,8 @@ class JobService:
         except ConfigError as exc:  # a range the door's parse did not check
             field = "hyperparameters." + exc.field.lstrip("-").replace("-", "_")
             raise RequestError(field, exc.message.removeprefix(f"{exc.field}: ")) from exc
-        tc = dataclasses.replace(tc, lora_alpha=tc.alpha)  # the default alpha resolved now, like the rest
+        tc = dataclasses.replace(tc, lora_alpha=tc.alpha,  # the default alpha resolved now, like the rest
+                                 media_roots=tuple(str(r) for r in self.policy.allowed_roots))  # read by the job too
         self._validate_small(tc, base)
         return JobSpec(door=req.door, base_model=base.name, tuning=tc, train_uri=req.train,
                        validation_uri=req.validation,

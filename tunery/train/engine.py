@@ -301,7 +301,8 @@ def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) ->
     template = models.load_template(spec)
     max_length = min(spec.max_tokens, cfg.max_length or spec.max_tokens)
     emit({"event": "validating"})
-    plan = _prepare(cfg, template, max_length, models.media_policy(spec))
+    roots = None if cfg.media_roots is None else [Path(r) for r in cfg.media_roots]  # None: the CLI, any path
+    plan = _prepare(cfg, template, max_length, models.media_policy(spec, roots))
     emit({"event": "dataset", "stats": plan.stats})
 
     # 2. the run directory: fresh, resumed, or already finished

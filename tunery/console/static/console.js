@@ -162,11 +162,18 @@ const tunery = (() => {
     pane.dataset.done = "true";
   }
   function playground() {
-    document.getElementById("playground").addEventListener("submit", (ev) => {
+    const inline = (file) => new Promise((resolve, reject) => {  // {mimeType, data (base64)} of a chosen file
+      const reader = new FileReader();
+      reader.onload = () => resolve({mimeType: file.type, data: String(reader.result).split(",", 2)[1] || ""});
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+    document.getElementById("playground").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const f = ev.target;
       const common = {prompt: f.prompt.value, system: f.system.value, temperature: f.temperature.value,
                       maxOutputTokens: f.maxOutputTokens.value};
+      if (f.image.files.length) common.image = await inline(f.image.files[0]);
       for (const side of ["left", "right"]) {
         const target = document.getElementById("model-" + side).value;
         if (target) stream(side, {...common, target});
