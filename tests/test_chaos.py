@@ -26,6 +26,7 @@ import pytest
 
 from tests.helpers import contents, write_jsonl
 from tests.test_api import _free_port
+from tunery import locks
 from tunery.faults import CRASH_FILE, POINTS
 from tunery.train import metrics as mt
 
@@ -65,13 +66,21 @@ class Server:
         raise AssertionError("the server did not start")
 
     def children(self) -> dict[str, psutil.Process]:
-        """{job id: its tuning process}."""
+        """{job id: its tuning process}: forked by the server's zygote (found by the job directory's lock it holds),
+        or started anew (`-m tunery.jobs.child RUN_DIR`)."""
         found = {}
         try:
-            for c in psutil.Process(self.proc.pid).children():
-                cmd = c.cmdline()
-                if "tunery.jobs.child" in cmd:
-                    found[Path(cmd[-1]).name] = c
+            for c in psutil.Process(self.proc.pid).children(recursive=True):
+                try:
+                    cmd = c.cmdline()
+                    if "tunery.jobs.child" in cmd:
+                        found[Path(cmd[-1]).name] = c
+                    elif "tunery.jobs.zygote" in cmd and c.ppid() != self.proc.pid:
+                        for f in c.open_files():
+                            if Path(f.path).name == locks.LOCK_FILE and Path(f.path).parent.parent == (self.home / "jobs").resolve():
+                                found[Path(f.path).parent.name] = c
+                except psutil.NoSuchProcess:
+                    continue
         except psutil.NoSuchProcess:
             pass
         return found

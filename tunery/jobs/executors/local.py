@@ -1,13 +1,21 @@
-"""The local executor: each job attempt is a child process `python -m tunery.jobs.child RUN_DIR` of the server."""
+"""The local executor: each job attempt is a process that runs `tunery.jobs.child` on RUN_DIR: forked by the zygote
+(a child of the server that has imported torch, transformers and peft once: tunery/jobs/zygote.py), or, where the
+zygote cannot run (TUNERY_JOB_ZYGOTE=0, or it failed to start), `python -m tunery.jobs.child RUN_DIR` started anew.
+Either way the process dies with the server, its output goes to RUN_DIR/log.txt, and it is polled, signalled and
+killed by its PID."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunery import procenv, threads
@@ -15,7 +23,10 @@ from tunery.jobs.child import LOG_FILE, PARENT_ENV
 from tunery.jobs.executors import Exit, Handle
 from tunery.jobs.store import Job
 
+log = logging.getLogger("tunery")
 CANCEL_GRACE_SECONDS = 5.0  # on server stop: SIGTERM, then SIGKILL after this long
+ZYGOTE_ENV = "TUNERY_JOB_ZYGOTE"  # "0": start every job's process anew (no preloaded zygote)
+ZYGOTE_READY_SECONDS = 180.0  # its imports take 5 s on an idle 2-core host, far longer on a loaded one
 MAX_LOG_BYTES = 8 << 20  # a job's log.txt is rotated to log.1.txt at this size (one old file kept)
 
 
@@ -51,16 +62,37 @@ class LocalExecutor:
     python: str = sys.executable  # the interpreter that runs `-m tunery.jobs.child`
     name: str = "local"
     threads: int = 0  # compute threads per job (tunery/threads.py); 0: the child takes all the cores
+    zygote: bool = field(default_factory=lambda: os.environ.get(ZYGOTE_ENV, "1") != "0")
+    _zygote: "Zygote | None" = field(default=None, repr=False)
 
     def start(self, job: Job, run_dir: Path) -> Handle:
-        """Spawn the child, its output appended to RUN_DIR/log.txt (rotated: pump_log)."""
-        proc = subprocess.Popen([self.python, "-m", "tunery.jobs.child", str(run_dir)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**procenv.compute_env(), "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()),
-                                     threads.SHARE_FILE_ENV: str(run_dir / threads.SHARE_FILE),
-                                     **({threads.THREADS_ENV: str(self.threads)} if self.threads else {})})
+        """Start the job's process, its output appended to RUN_DIR/log.txt (rotated: pump_log)."""
+        env = {**procenv.compute_env(), "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()),
+               threads.SHARE_FILE_ENV: str(run_dir / threads.SHARE_FILE),
+               **({threads.THREADS_ENV: str(self.threads)} if self.threads else {})}
+        proc = self._fork(run_dir, env) if self.zygote else None
+        if proc is None:
+            proc = subprocess.Popen([self.python, "-m", "tunery.jobs.child", str(run_dir)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         pump_log(proc.stdout, run_dir / LOG_FILE)
         return Handle(job.id, run_dir, proc, extra={"pid": proc.pid})
+
+    def _fork(self, run_dir: Path, env: dict[str, str]) -> "Forked | None":
+        """The job's process forked by the zygote (started, or started again, on the way); None if it cannot be."""
+        for _ in range(2):  # a zygote that died (killed, out of memory) is replaced once
+            if self._zygote is None or not self._zygote.alive():
+                try:
+                    self._zygote = Zygote(self.python, env)
+                except ZygoteError as exc:
+                    log.warning("job processes start without the preloaded zygote: %s", exc)
+                    self.zygote, self._zygote = False, None
+                    return None
+            try:
+                return self._zygote.fork(run_dir, env)
+            except ZygoteError as exc:
+                log.warning("the zygote did not fork the job's process (%s); starting it again", exc)
+                self._zygote.close()
+        return None
 
     def poll(self, handle: Handle) -> Exit | None:
         code = handle.ref.poll()
@@ -98,3 +130,130 @@ def how(code: int) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
+
+
+class ZygoteError(Exception):
+    pass
+
+
+class Zygote:
+    """The server's end of tunery/jobs/zygote.py: starts it, asks it for processes, hears how they end."""
+
+    def __init__(self, python: str, env: dict[str, str]) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen([python, "-m", "tunery.jobs.zygote", str(theirs.fileno())], pass_fds=[theirs.fileno()],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
+        theirs.close()
+        self.sock = mine
+        self.cond = threading.Condition()
+        self.pids: dict[int, int] = {}  # request id -> pid
+        self.statuses: dict[int, int] = {}  # pid -> returncode, once ended
+        self.ready = self.dead = False
+        self._next = 0
+        threading.Thread(target=self._read, name="tunery-zygote", daemon=True).start()
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.ready or self.dead, timeout=ZYGOTE_READY_SECONDS) or self.dead:
+                self.close()
+                raise ZygoteError(f"it did not start ({self.proc.poll()!r})")
+
+    def _read(self) -> None:
+        try:
+            while message := self.sock.recv(1 << 16):
+                m = json.loads(message)
+                with self.cond:
+                    if "ready" in m:
+                        self.ready = True
+                    elif "id" in m:
+                        self.pids[m["id"]] = m["pid"]
+                    else:
+                        self.statuses[m["pid"]] = m["status"]
+                    self.cond.notify_all()
+        except OSError:
+            pass
+        with self.cond:
+            self.dead = True
+            self.cond.notify_all()
+
+    def alive(self) -> bool:
+        return not self.dead and self.proc.poll() is None
+
+    def fork(self, run_dir: Path, env: dict[str, str]) -> "Forked":
+        read, write = os.pipe()
+        with self.cond:
+            request, self._next = self._next, self._next + 1
+        try:
+            socket.send_fds(self.sock, [json.dumps({"id": request, "run_dir": str(run_dir), "env": env}).encode()],
+                            [write])
+        except OSError as exc:
+            os.close(read)
+            raise ZygoteError(str(exc)) from exc
+        finally:
+            os.close(write)
+        with self.cond:
+            if not self.cond.wait_for(lambda: request in self.pids or self.dead, timeout=60):
+                os.close(read)
+                raise ZygoteError("no answer in 60 s")
+            if request not in self.pids:
+                os.close(read)
+                raise ZygoteError("it died")
+            pid = self.pids.pop(request)
+        return Forked(self, pid, os.fdopen(read, "rb"), str(run_dir))
+
+    def status(self, pid: int) -> int | None:
+        with self.cond:
+            return self.statuses.get(pid)
+
+    def close(self) -> None:
+        """Stop it; the processes it forked die with it (PR_SET_PDEATHSIG)."""
+        try:
+            self.sock.close()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+
+
+class Forked:
+    """A process the zygote forked, with what the executor uses of subprocess.Popen: pid, stdout, poll, signals."""
+
+    def __init__(self, zygote: Zygote, pid: int, stdout, run_dir: str) -> None:
+        self.zygote, self.pid, self.stdout, self.run_dir = zygote, pid, stdout, run_dir
+        self.returncode: int | None = None
+        self.args = ["tunery.jobs.child", run_dir]
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self.zygote.status(self.pid)
+        if self.returncode is None and not self.zygote.alive() and not _running(self.pid):
+            self.returncode = -signal.SIGKILL  # it died with the zygote, which can no longer say how it ended
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.05)
+        return code
+
+
+def _running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
