@@ -118,6 +118,43 @@ def test_tuning_lowers_the_loss_and_adapts_only_the_language_model(vlm_run):
     assert any(float(w.abs().max()) > 0 for k, w in weights.items() if "lora_B" in k)  # B starts at zero: it moved
 
 
+# an image's tokens: Gemma 3 "\n\n<start_of_image>" 4 x <image_soft_token> "<end_of_image>\n\n"; Qwen2.5-VL
+# <|vision_start|> 6 x <|image_pad|> (a 4x6 patch grid merged 2x2) <|vision_end|>
+@pytest.mark.parametrize("family, image_tokens, end", [("gemma3", 8, "<end_of_turn>"), ("qwen2.5-vl", 8, "<|im_end|>")])
+def test_gemma3_and_qwen25vl_render_tune_and_answer_through_the_same_code(family, image_tokens, end, tmp_path,
+                                                                          hf_tokenizer):
+    """Tiny random models of two more families (tunery.tiny_vlm), with their real chat templates and end-of-sequence
+    lists: the answer and its end-of-turn token are the supervised tokens; right-padded batches of rows of different
+    lengths (and per-token tensors: Gemma 3's token_type_ids, Qwen's mm_token_type_ids) train; the tuned adapter
+    answers and stops at the end of its turn."""
+    from tunery.data.schema import Turn
+    from tunery.device import Runtime
+    from tunery.serve.generate import GenerationConfig, Prompt
+    from tunery.serve.registry import Registry
+
+    model_dir = tiny_vlm.build(tmp_path / family, tokenizer=hf_tokenizer, family=family)
+    spec = models.resolve(str(model_dir))
+    template = models.load_template(spec)
+    assert template.decode([template.end_id]) == end
+    rendered = template.render(_with_image("Which colour?", "red"))
+    assert template.decode([i for i, l in zip(rendered.input_ids, rendered.labels) if l != -100]).strip() == f"red{end}"
+    assert template.measure_batch([_with_image("Which colour?", "red")])[0].total == \
+        template.measure_batch([models_example("Which colour?", "red")])[0].total + image_tokens
+    rows = colour_rows(tmp_path)
+    rows[0]["contents"][0]["parts"][1]["text"] = "Which colour is this picture, please?"  # rows of different lengths
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    res = train(TuningConfig(train=str(data), base_model=str(model_dir), output=str(tmp_path / "run"), epochs=3,
+                             batch_size=3, learning_rate=2e-2, adapter_size=4))
+    losses = [json.loads(line)["/train_total_loss"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert losses[-1] < losses[0] / 2
+    from safetensors.torch import load_file
+
+    assert all(".language_model." in k for k in load_file(str(res.output / "adapter" / "adapter_model.safetensors")))
+    answer = Registry(runtime=Runtime("cpu", None)).generate(spec, str(res.output / "adapter"), [Prompt((Turn(
+        "user", "Which colour?", (_with_image("", "").turns[0].media)),))], GenerationConfig(max_output_tokens=8))[0]
+    assert answer.finish_reason == "STOP" and answer.text.strip() in ("red", "blue")
+
+
 def test_compare_on_a_test_set_of_images(vlm_run, tmp_path):
     """The before/after report on image prompts: the test set's relative image paths are read from its folder."""
     data = write_jsonl(tmp_path / "test.jsonl", colour_rows(tmp_path, 4))

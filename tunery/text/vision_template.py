@@ -34,17 +34,22 @@ class VisionTemplate:
     control_strings: tuple[str, ...] = ()
 
     def __init__(self, model_dir: Path) -> None:
-        from transformers import AutoProcessor
-
-        self.processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=False)
+        self.processor = _load_processor(model_dir)
         if getattr(self.processor, "chat_template", None) is None:
             raise ModelNotFoundError(f"{model_dir}: the processor has no chat template",
                                      hint="save the processor with its chat template (processor.save_pretrained)")
         self.hf_tokenizer = self.processor.tokenizer
         self.tokenizer = self.hf_tokenizer.backend_tokenizer  # tokenizers.Tokenizer, as ChatTemplate's
         self.spec = VisionSpec(type(self.processor).__name__)
-        self.end_id = _end_id(model_dir, self.hf_tokenizer)
+        self.end_id = _end_id(model_dir, self.hf_tokenizer, self._rendered_turn())
         self.control_strings = tuple(t for t in self.hf_tokenizer.all_special_tokens if len(t) > 1)
+
+    def _rendered_turn(self) -> list[int]:
+        """The ids of a one-exchange conversation: which end-of-sequence token the template closes a turn with."""
+        msgs = [{"role": "user", "content": [{"type": "text", "text": "a"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "b"}]}]
+        text = self.processor.apply_chat_template(msgs, tokenize=False)
+        return self.hf_tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def fingerprint(self) -> str:
         blob = json.dumps({"template": self.processor.chat_template, "end": self.end_id, "processor": self.spec.name})
@@ -97,6 +102,7 @@ class VisionTemplate:
         extra = {k: v for k, v in full.items() if k not in ("input_ids", "attention_mask")}
         if max_length is not None and len(ids) > max_length:
             ids, labels = ids[:max_length], labels[:max_length]
+            extra = {k: v[:, :max_length] if k in PER_TOKEN else v for k, v in extra.items()}
             if extra and self._image_ids() & set(full["input_ids"][0, max_length:].tolist()):
                 raise TrainingError(f"an example with images has {len(full['input_ids'][0])} tokens, more than "
                                     f"{max_length}, and cutting it would cut an image",
@@ -107,6 +113,7 @@ class VisionTemplate:
         tok = self.hf_tokenizer
         names = [getattr(self.processor, a, None) for a in ("image_token", "fake_image_token", "global_image_tag",
                                                             "boi_token", "eoi_token", "vision_start_token")]
+        names += [getattr(tok, a, None) for a in ("image_token", "boi_token", "eoi_token")]  # Gemma 3's soft tokens
         return {i for i in (tok.convert_tokens_to_ids(n) for n in names if isinstance(n, str)) if i is not None}
 
     def measure_batch(self, examples: Sequence[Example], max_length: int | None = None) -> list[Measure]:
@@ -130,12 +137,35 @@ class VisionTemplate:
         return self.hf_tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
-def _end_id(model_dir: Path, tokenizer: Any) -> int:
-    """The token that ends the model's turn: the generation config's end of sequence, else the tokenizer's."""
+def _load_processor(model_dir: Path) -> Any:
+    """The model's AutoProcessor. Qwen2-VL/Qwen2.5-VL's processor also loads a video processor, which needs
+    torchvision; tunery sends no video, so without torchvision the processor is built without it."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=False)
+    except ImportError:
+        import transformers
+
+        names = [json.loads(f.read_text()).get("processor_class") for f in
+                 (model_dir / n for n in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"))
+                 if f.is_file()]
+        name = next((n for n in names if n), None)
+        cls = getattr(transformers, name, None) if name else None
+        if cls is None or "video_processor" not in cls.get_attributes():
+            raise
+        no_video = type(cls.__name__, (cls,), {"get_attributes": classmethod(
+            lambda c: [a for a in cls.get_attributes() if a != "video_processor"])})
+        return no_video.from_pretrained(str(model_dir), trust_remote_code=False)
+
+
+def _end_id(model_dir: Path, tokenizer: Any, rendered_turn: Sequence[int] = ()) -> int:
+    """The token that ends the model's turn: the generation config's end of sequence, else the tokenizer's. Of a
+    list (Gemma 3's [<eos>, <end_of_turn>], Qwen's [<|im_end|>, <|endoftext|>]), the first the template emits."""
     gen = model_dir / "generation_config.json"
     eos = json.loads(gen.read_text()).get("eos_token_id") if gen.is_file() else None
     if isinstance(eos, list):
-        eos = eos[0] if eos else None
+        eos = next((e for e in eos if e in rendered_turn), eos[0] if eos else None)
     eos = eos if eos is not None else tokenizer.eos_token_id
     if eos is None:
         raise ModelNotFoundError(f"{model_dir}: no end-of-turn token (eos_token_id) in generation_config.json or "
@@ -143,16 +173,28 @@ def _end_id(model_dir: Path, tokenizer: Any) -> int:
     return int(eos)
 
 
+# processor outputs with one value per token (1, tokens): Gemma 3's token_type_ids (1 on image tokens: they attend
+# to each other both ways), Qwen2-VL/2.5-VL's mm_token_type_ids (where its 3-D rope positions go)
+PER_TOKEN = frozenset({"token_type_ids", "mm_token_type_ids"})
+
+
 def collate_media(rows: Sequence[Rendered]) -> dict[str, Any]:
     """The rows' processor tensors as one batch. Per-row image stacks (batch, images, ...) are padded with empty
-    images, which the model skips (Idefics3/SmolVLM); flat ones (Gemma 3, Qwen2.5-VL) are concatenated."""
+    images, which the model skips (Idefics3/SmolVLM); flat ones (Gemma 3, Qwen2.5-VL) are concatenated; per-token
+    ones are right-padded with 0 (text) to the batch's width, as collate() pads the ids."""
     import torch
 
     keys = sorted({k for r in rows if r.media for k in r.media})
     out: dict[str, Any] = {}
+    width = max(len(r.input_ids) for r in rows)
     for k in keys:
         have = [r.media[k] for r in rows if r.media and k in r.media]
-        if have[0].dim() == 5 or (k == "pixel_attention_mask" and have[0].dim() == 4):
+        if k in PER_TOKEN:
+            out[k] = torch.zeros((len(rows), width), dtype=have[0].dtype)
+            for i, r in enumerate(rows):
+                if r.media and k in r.media:
+                    out[k][i, :r.media[k].shape[1]] = r.media[k][0]
+        elif have[0].dim() == 5 or (k == "pixel_attention_mask" and have[0].dim() == 4):
             n = max(t.shape[1] for t in have)
             shape = have[0].shape[2:]
             parts = []
