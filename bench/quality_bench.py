@@ -158,13 +158,24 @@ def prepare(name: str, out: Path, limit_train: int | None = None, limit_val: int
 # ---------------------------------------------------------------- jobs and scores
 
 def children_cpu_seconds(pid: int) -> float | None:
-    """CPU seconds (user + system) of the reaped children of process `pid` (/proc/PID/stat cutime + cstime)."""
+    """CPU seconds (user + system) of the reaped children of process `pid` and of its live children (/proc/PID/stat
+    cutime + cstime): a job's process is reaped by the server, or by the server's zygote when it forked it."""
+    def reaped(p: int) -> float:
+        stat = Path(f"/proc/{p}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()  # after the command name; fields[0] is field 3 (state)
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        total = reaped(pid)
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after the command name; fields[0] is field 3 (state)
-    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split() if (task / "children").is_file() else ():
+            try:
+                total += reaped(int(child))
+            except OSError:
+                pass
+    return total
 
 
 def tune(client, server_pid: int, base_model: str, files: dict[str, Path], hp: dict, label: str) -> dict:

@@ -121,7 +121,7 @@ def test_the_same_job_through_every_door_is_the_same_stored_spec(server, home):
      "preTunedModel.adapter: unknown field of PreTunedModel"),
     ({"encryptionSpec": {"kmsKeyName": "k"}}, "encryptionSpec: tunery does not encrypt with customer-managed keys"),
     ({"outputUri": "gs://b/out"}, "outputUri: tunery keeps a job's artifacts under the server's home"),
-    ({"distillationSpec": {"x": 1}}, "distillationSpec: tunery supports supervised tuning only"),
+    ({"distillationSpec": {"x": 1}}, "distillationSpec: tunery supports supervised and preference tuning"),
 ])
 def test_a_vertex_create_with_a_field_the_api_does_not_define_or_tunery_cannot_honour_is_a_400(server, home, over,
                                                                                                  fragment):

@@ -237,7 +237,7 @@ def test_errors_come_in_openai_shape_naming_the_field(client, server, job, files
         client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "assistant", "content": "hi"}])
     assert err.value.body["param"] == "messages[0].role"
     bad_jobs = [(dict(training_file="file-missing"), "training_file"),
-                (dict(method={"type": "dpo"}), "method.type"),
+                (dict(method={"type": "reinforcement"}), "method.type"),
                 (dict(method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}),
                  "method.supervised.hyperparameters.n_epochs"),
                 (dict(suffix="a:b"), "suffix"), (dict(model="gpt-nope"), "model")]

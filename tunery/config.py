@@ -75,11 +75,13 @@ def default_lora_alpha(rank: int) -> float:
 # Which linear layers get adapters: every one of the decoder, or only the attention block's or the MLP's.
 LORA_TARGETS = {"all-linear": "all-linear", "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
                 "mlp": ["gate_proj", "up_proj", "down_proj"]}
+METHODS = ("supervised", "preference")
 LR_SCHEDULES = ("linear", "cosine", "constant")  # after the warmup: down to zero linearly or on a cosine, or flat
 MAX_EPOCHS = 100
 # What a request may set, defined once: whole numbers (int bounds) lo..hi; numbers (float bounds) in (lo, hi].
 # TuningConfig and both APIs' parsers (and so the console and the CLI) check against these.
 RANGES = {"epochs": (1, MAX_EPOCHS), "learning_rate_multiplier": (0.0, 100.0), "learning_rate": (0.0, 1.0),
+          "beta": (0.0, 2.0),  # DPO's KL weight (OpenAI's range); Vertex and OpenAI default to 0.1
           "batch_size": (1, 4096), "lora_alpha": (0.0, 1024.0), "max_length": (8, 131_072),
           "early_stopping_patience": (1, 100)}
 
@@ -113,6 +115,8 @@ class TuningConfig:
     init_adapter: str | None = None  # continue tuning from this adapter directory (Vertex preTunedModel)
     early_stopping_patience: int | None = None  # stop after this many validation passes without a better loss
     media_roots: tuple[str, ...] | None = None  # image, PDF and audio files only under these (a server's allowed roots)
+    method: str = "supervised"  # a METHODS entry: "supervised" (SFT) or "preference" (DPO on preference pairs)
+    beta: float = 0.1  # preference tuning: how far the tuned model may move from the reference (DPO's beta)
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in RANGES.items():
@@ -125,6 +129,8 @@ class TuningConfig:
             raise ConfigError("--adapter-size", f"expected one of {', '.join(map(str, ADAPTER_SIZES))}, found {self.adapter_size}")
         if self.lora_targets not in LORA_TARGETS:
             raise ConfigError("--lora-targets", f"expected one of {', '.join(LORA_TARGETS)}, found {self.lora_targets!r}")
+        if self.method not in METHODS:
+            raise ConfigError("--method", f"expected one of {', '.join(METHODS)}, found {self.method!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError("--lr-schedule", f"expected one of {', '.join(LR_SCHEDULES)}, found {self.lr_schedule!r}")
         if self.early_stopping_patience and not self.validation:
@@ -150,4 +156,5 @@ class TuningConfig:
                 # recorded when not the default, so runs begun before these settings existed still resume
                 **({"lora_targets": self.lora_targets} if self.lora_targets != "all-linear" else {}),
                 **({"lr_schedule": self.lr_schedule} if self.lr_schedule != "linear" else {}),
-                **({"early_stopping_patience": self.early_stopping_patience} if self.early_stopping_patience else {})}
+                **({"early_stopping_patience": self.early_stopping_patience} if self.early_stopping_patience else {}),
+                **({"method": self.method, "beta": self.beta} if self.method != "supervised" else {})}

@@ -138,7 +138,10 @@ def curves(job: Job) -> dict[str, list[list[float]]]:
     from tunery.eval.report import CURVE_NAMES
     from tunery.train.metrics import METRICS_FILE
 
-    out: dict[str, list[list[float]]] = {name: [] for name in CURVE_NAMES}
+    from tunery.train import preference as pt
+
+    names = (*CURVE_NAMES, pt.TRAIN_REWARD_ACCURACY, pt.EVAL_REWARD_ACCURACY)  # the last two: preference jobs
+    out: dict[str, list[list[float]]] = {name: [] for name in names}
     path = Path(job.run_dir) / RUN_SUBDIR / METRICS_FILE
     try:
         lines = path.read_text().splitlines()
@@ -149,7 +152,7 @@ def curves(job: Job) -> dict[str, list[list[float]]]:
             row = json.loads(line)
         except ValueError:
             continue
-        for name in CURVE_NAMES:
+        for name in names:
             if name in row:
                 out[name].append([row["step"], row[name]])
     return out

@@ -21,7 +21,7 @@ from tunery.api.errors import ApiError
 from tunery.api.wire import tuning as wire
 from tunery.config import ADAPTER_SIZES, DEFAULT_ADAPTER_SIZE, DEFAULT_BATCH_SIZE, default_epochs, load_settings
 from tunery.console.common import LOCATION, PROJECT, USER_ERRORS, csrf, message_of, page_errors, render, svc
-from tunery.data import sources
+from tunery.data import preference, sources
 from tunery.data.validate import MAX_FILE_BYTES, Limits, validate
 from tunery.jobs import states
 
@@ -46,11 +46,15 @@ LABELS = {  # Vertex field paths in error messages, as the form calls them
     "supervisedTuningSpec.evaluationConfig.task": "Evaluation task",
     "supervisedTuningSpec.evaluationConfig": "Evaluation",
     "baseModel": "Base model",
+    "preferenceOptimizationSpec.hyperParameters.beta": "Beta",
 }
+LABELS |= {k.replace("supervisedTuningSpec", "preferenceOptimizationSpec"): v for k, v in list(LABELS.items())
+           if k.startswith("supervisedTuningSpec")}
 EMPTY_FORM = {"display_name": "", "description": "", "base_model": "gemini-2.0-flash-001", "train_path": "",
               "validation_path": "", "epochs": "", "lr_multiplier": "1.0", "adapter_size": "", "batch_size": "",
               "workers": "", "export_last_only": "", "eval_enabled": "", "eval_path": "", "eval_task": "",
-              "lora_alpha": "", "lora_targets": "", "lr_schedule": "", "max_length": "", "early_stopping": ""}
+              "lora_alpha": "", "lora_targets": "", "lr_schedule": "", "max_length": "", "early_stopping": "",
+              "method": "supervised", "beta": ""}
 
 
 def base_choices() -> list[dict]:
@@ -145,7 +149,13 @@ def _body(form: dict) -> dict:
         spec["validationDatasetUri"] = form["validation_path"]
     if form["eval_enabled"]:
         spec["evaluationConfig"] = {k: v for k, v in (("datasetUri", form["eval_path"]), ("task", form["eval_task"])) if v}
-    body = {"baseModel": form["base_model"], "supervisedTuningSpec": spec}
+    if form.get("method") == "preference":  # DPO on preference pairs: beta, and no after-tuning evaluation
+        spec.pop("evaluationConfig", None)
+        if form.get("beta", "").strip():
+            spec["hyperParameters"]["beta"] = form["beta"].strip()
+        body = {"baseModel": form["base_model"], "preferenceOptimizationSpec": spec}
+    else:
+        body = {"baseModel": form["base_model"], "supervisedTuningSpec": spec}
     if form.get("workers"):
         body["workers"] = form["workers"]  # checked (1..64) by the create route, as from the API
     for key, field in (("tunedModelDisplayName", "display_name"), ("description", "description")):
@@ -190,9 +200,14 @@ def _check(request: Request, form: dict) -> dict:
     spec = models.resolve_allowed(form["base_model"] or None, settings.allowed_roots)
     if any(not Path(p).is_file() for p in paths.values()):
         return {"valid": True, "remote": True, "base": spec.name}
-    report = validate(paths["train"], paths.get("validation"), template=models.load_template(spec),
-                      media=models.media_policy(spec, settings.allowed_roots),
-                      limits=Limits(spec.max_tokens, "the base model's limit"), max_issues=MAX_ISSUES_SHOWN)
+    limits = Limits(spec.max_tokens, "the base model's limit")
+    if form.get("method") == "preference":
+        report = preference.validate(paths["train"], paths.get("validation"), template=models.load_template(spec),
+                                     limits=limits, max_issues=MAX_ISSUES_SHOWN)
+    else:
+        report = validate(paths["train"], paths.get("validation"), template=models.load_template(spec),
+                          media=models.media_policy(spec, settings.allowed_roots), limits=limits,
+                          max_issues=MAX_ISSUES_SHOWN)
     issues = [{**i.to_dict(), "context": _around(i.file, i.line)} for i in report.issues[:MAX_ISSUES_SHOWN]]
     stats = report.file("train").stats  # type: ignore[union-attr]
     n = stats.get("tuningDatasetExampleCount", 0)
@@ -215,7 +230,7 @@ def new_submit(request: Request, csrf_token: str | None = Form(None, alias="csrf
                batch_size: str = Form(""), workers: str = Form(""), export_last_only: str = Form(""), eval_enabled: str = Form(""),
                eval_path: str = Form(""), eval_task: str = Form(""), lora_alpha: str = Form(""),
                lora_targets: str = Form(""), lr_schedule: str = Form(""), max_length: str = Form(""),
-               early_stopping: str = Form("")) -> Response:
+               early_stopping: str = Form(""), method: str = Form("supervised"), beta: str = Form("")) -> Response:
     form = {k: v.strip() for k, v in locals().items() if k in EMPTY_FORM}
     ctx = _ctx(form, roots=_roots(request), on_ray=_on_ray(request))
     try:

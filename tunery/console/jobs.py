@@ -123,7 +123,7 @@ def job_page(request: Request, job_id: str) -> HTMLResponse:
     endpoint = next((e for e in services.store.endpoints_of(model.id) if e.checkpoint_id is None), None) if model else None
     return render(request, "job.html", {
         "title": f"Job {view['display_name'] or job.id}", "job": view, "timeline": _timeline(job, view),
-        "sent": sent, "resolved": resolved, "stats": job.stats, "curves": lines, "endpoint": endpoint, "model": model,
+        "sent": sent, "resolved": resolved, "stats": job.stats, "curves": lines, "method": job.spec.tuning.method, "endpoint": endpoint, "model": model,
         "checkpoints": _checkpoints(request, job, lines), "evaluation": _evaluation(job),
         "datasets": {k: v for k, v in (("train", job.spec.tuning.train), ("validation", job.spec.tuning.validation))
                      if v}})

@@ -113,9 +113,15 @@ class JobService:
         files = [tc.train] + ([tc.validation] if tc.validation else [])
         if not self._small(*files):
             return
-        report = validate(tc.train, tc.validation, template=models.load_template(base),
-                          media=models.media_policy(base, list(self.policy.allowed_roots)),
-                          limits=Limits(base.max_tokens, "the base model's limit"), max_issues=20)
+        if tc.method == "preference":
+            from tunery.data import preference
+
+            report = preference.validate(tc.train, tc.validation, template=models.load_template(base),
+                                         limits=Limits(base.max_tokens, "the base model's limit"), max_issues=20)
+        else:
+            report = validate(tc.train, tc.validation, template=models.load_template(base),
+                              media=models.media_policy(base, list(self.policy.allowed_roots)),
+                              limits=Limits(base.max_tokens, "the base model's limit"), max_issues=20)
         if not report.valid:
             errors = [i for i in report.issues if i.severity == "error"]
             more = sum(f.errors for f in report.files) - len(errors[:5])

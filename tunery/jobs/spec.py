@@ -15,7 +15,7 @@ DOORS = ("vertex", "openai", "console", "cli")
 # TuningConfig fields a request may set (the rest are the datasets, the base model and the server's own)
 HYPERPARAMETERS = ("epochs", "learning_rate_multiplier", "learning_rate", "adapter_size", "lora_alpha",
                    "lora_targets", "lr_schedule", "batch_size", "max_length", "seed", "export_last_checkpoint_only",
-                   "early_stopping_patience")
+                   "early_stopping_patience", "method", "beta")
 
 
 @dataclass(frozen=True)

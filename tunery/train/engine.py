@@ -34,8 +34,10 @@ from tunery.data.validate import Limits, validate
 from tunery.device import Runtime, pick
 from tunery.errors import ConfigError, TrainingError
 from tunery.data import media as md
+from tunery.data import preference as preference_data
 from tunery.text.batching import batch_order, collate, shared_prefix
 from tunery.text.vision_template import collate_media
+from tunery.train import preference as pt
 from tunery.text.chat_template import ChatTemplate, Rendered
 from tunery.train import attention
 from tunery.train import checkpoints as ck
@@ -146,10 +148,22 @@ def _multimodal(model) -> bool:
     return getattr(getattr(model, "config", None), "vision_config", None) is not None
 
 
-def evaluate(model, rows: list[Rendered], batch_size: int, pad_id: int, runtime: Runtime, dist: Dist = Dist()
-             ) -> dict[str, float]:
-    """Vertex eval metrics over a whole dataset (each rank takes a share): token-mean loss, accuracy, count."""
+def evaluate(model, rows: list[Rendered], batch_size: int, pad_id: int, runtime: Runtime, dist: Dist = Dist(),
+             beta: float = 0.1) -> dict[str, float]:
+    """Vertex eval metrics over a whole dataset (each rank takes a share): token-mean loss, accuracy, count; for
+    preference pairs, the pair-mean DPO loss, reward accuracy and margin."""
     import torch
+
+    if rows and isinstance(rows[0], pt.PairRows):
+        mine = dist.shard(rows)
+        loss_sum = correct = margin = 0.0
+        with torch.no_grad():
+            for k in range(0, len(mine), batch_size):
+                total, sums = pt.loss(model, mine[k:k + batch_size], pad_id, runtime, beta)
+                loss_sum, correct, margin = loss_sum + float(total), correct + sums["correct"], margin + sums["margin"]
+        loss_sum, correct, margin, n = dist.sum(loss_sum, correct, margin, len(mine))
+        return {mt.EVAL_LOSS: loss_sum / max(n, 1), pt.EVAL_REWARD_ACCURACY: correct / max(n, 1),
+                pt.EVAL_REWARD_MARGIN: margin / max(n, 1), pt.EVAL_PAIRS: int(n)}
 
     mine = dist.shard(sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids)))
     loss_sum, correct, n = 0.0, 0, 0
@@ -247,31 +261,42 @@ class _Plan:
 
 def _prepare(cfg: TuningConfig, template: ChatTemplate, max_length: int, media: md.Policy | None = None) -> _Plan:
     """Validate (before any compute), render, and count steps."""
-    report = validate(cfg.train, cfg.validation, template=template, media=media,
-                      limits=Limits(max_length, "--max-length" if cfg.max_length else "the base model's limit"))
+    limits = Limits(max_length, "--max-length" if cfg.max_length else "the base model's limit")
+    if cfg.method == "preference":
+        report = preference_data.validate(cfg.train, cfg.validation, template=template, limits=limits)
+    else:
+        report = validate(cfg.train, cfg.validation, template=template, media=media, limits=limits)
     if not report.valid:
         errors = [i for i in report.issues if i.severity == "error"]
         listed = "\n".join(f"  {i}" for i in errors[:10])
         raise TrainingError(f"the dataset has {sum(f.errors for f in report.files)} errors; nothing was trained:\n{listed}",
                             hint="`tunery validate` lists them all")
-    train_rows = _render_file(cfg.train, template, max_length)
-    val_rows = _render_file(cfg.validation, template, max_length) if cfg.validation else []
+    if cfg.method == "preference":
+        train_rows = pt.render_pairs(preference_data.read_pairs(cfg.train), template, max_length)
+        val_rows = pt.render_pairs(preference_data.read_pairs(cfg.validation), template, max_length) if cfg.validation else []
+    else:
+        train_rows = _render_file(cfg.train, template, max_length)
+        val_rows = _render_file(cfg.validation, template, max_length) if cfg.validation else []
     epochs = cfg.epochs or default_epochs(len(train_rows))
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     stats = dict(report.files[0].stats)
     stats["totalBillableTokenCount"] = stats.get("totalTokenCount", 0) * epochs
-    stats["totalBillableCharacterCount"] = stats["totalTuningCharacterCount"] * epochs
+    if "totalTuningCharacterCount" in stats:
+        stats["totalBillableCharacterCount"] = stats["totalTuningCharacterCount"] * epochs
     stats["tuningStepCount"] = steps_per_epoch * epochs
     return _Plan(train_rows, val_rows, epochs, steps_per_epoch,
                  ck.schedule(epochs, steps_per_epoch, cfg.export_last_checkpoint_only), stats)
 
 
 def _train_step(model, optimizer, trainable, rows: list[Rendered], pad_id: int, runtime: Runtime, dist: Dist,
-                step: int, recompute: memory.LayerRecompute | None = None) -> dict[str, float]:
+                step: int, recompute: memory.LayerRecompute | None = None, beta: float = 0.1) -> dict[str, float]:
     """One optimizer step on this rank's share of a batch; the loss is normalised by the global token count. Long
-    batches recompute some layers' activations in the backward pass instead of keeping them (`recompute`)."""
+    batches recompute some layers' activations in the backward pass instead of keeping them (`recompute`).
+    Preference pairs (tunery/train/preference.py): DPO's loss, normalised by the global pair count."""
     import torch
 
+    if rows and isinstance(rows[0], pt.PairRows):
+        return _preference_step(model, optimizer, trainable, rows, pad_id, runtime, dist, step, beta)
     mine = dist.shard(rows)
     if mine:
         ids, labels, media = _collate(mine, pad_id)
@@ -288,6 +313,28 @@ def _train_step(model, optimizer, trainable, rows: list[Rendered], pad_id: int, 
     optimizer.zero_grad(set_to_none=True)
     return {mt.TRAIN_LOSS: total_sum / total_n, mt.TRAIN_ACCURACY: total_correct / total_n,
             mt.TRAIN_PREDICTIONS: int(total_n)}
+
+
+def _preference_step(model, optimizer, trainable, rows, pad_id: int, runtime: Runtime, dist: Dist, step: int,
+                     beta: float) -> dict[str, float]:
+    import torch
+
+    mine = dist.shard(rows)
+    if mine:
+        total, sums = pt.loss(model, mine, pad_id, runtime, beta)
+    else:
+        total, sums = torch.zeros((), requires_grad=True), {"correct": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0}
+    loss_sum, correct, margin, chosen, rejected, n = dist.sum(total.item(), sums["correct"], sums["margin"],
+                                                              sums["chosen"], sums["rejected"], len(mine))
+    if not math.isfinite(loss_sum):
+        raise TrainingError(f"the loss became {loss_sum / max(n, 1)} at step {step + 1}; training stopped",
+                            hint="lower the learning rate (--learning-rate-multiplier) or beta")
+    (total / n).backward()
+    dist.sum_grads(trainable)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {mt.TRAIN_LOSS: loss_sum / n, pt.TRAIN_REWARD_ACCURACY: correct / n, pt.TRAIN_REWARD_MARGIN: margin / n,
+            pt.TRAIN_CHOSEN_LOGPS: chosen / n, pt.TRAIN_REJECTED_LOGPS: rejected / n, pt.TRAIN_PAIRS: int(n)}
 
 
 def train(cfg: TuningConfig, on_event: Callable[[Event], None] | None = None) -> RunResult:
@@ -350,6 +397,9 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
     if cfg.init_adapter:
         _load_adapter_weights(model, Path(cfg.init_adapter), cfg)
     recompute = None if vision else memory.LayerRecompute(model)
+    if cfg.method == "preference":  # DPO's reference: the model as tuning starts, before any resumed state
+        model.eval()
+        pt.set_reference(model, plan.train_rows + plan.val_rows, template.end_id, runtime, cfg.batch_size)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.peak_learning_rate, weight_decay=0.0)
@@ -386,13 +436,13 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
             if (n := allowance.poll()) != torch.get_num_threads():  # fewer while the server generates beside us
                 torch.set_num_threads(n)
             rows = [plan.train_rows[i] for i in order[1][index]]
-            last = _train_step(model, optimizer, trainable, rows, pad_id, runtime, dist, step, recompute)
+            last = _train_step(model, optimizer, trainable, rows, pad_id, runtime, dist, step, recompute, cfg.beta)
             step += 1
             crash("step")
             stop = False
             if plan.val_rows and step in eval_steps:
                 model.eval()
-                last |= evaluate(model, plan.val_rows, cfg.batch_size, pad_id, runtime, dist)
+                last |= evaluate(model, plan.val_rows, cfg.batch_size, pad_id, runtime, dist, cfg.beta)
                 model.train()
                 stop = stopper.observe(step, last[mt.EVAL_LOSS])
             epoch_f = step / plan.steps_per_epoch

@@ -20,6 +20,7 @@ from tunery.api.services import Services, Svc
 from tunery.api.wire import openai as wire
 from tunery.api.wire import openai_objects as objects
 from tunery.api.wire.common import int_field
+from tunery.data import preference
 from tunery.data.validate import Report, validate
 from tunery.errors import ModelNotFoundError, RequestError
 from tunery.jobs import child, states
@@ -60,6 +61,15 @@ def _issues(report: Report) -> str:
     return text + (f" (and {more} more)" if more > 0 else "")
 
 
+def _preference_file(path) -> bool:
+    """Whether an upload is preference pairs (its first record has preferred_output): OpenAI's DPO files."""
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                return b'"preferred_output"' in raw or b'"non_preferred_output"' in raw
+    return False
+
+
 def save_upload(svc: Services, upload: UploadFile, purpose: str) -> StoredFile:
     """Store an uploaded fine-tuning file under the home, refused (400, with its lines) unless it validates.
     Only the schema is checked here: token limits depend on the base model, checked when a job uses the file."""
@@ -72,7 +82,8 @@ def save_upload(svc: Services, upload: UploadFile, purpose: str) -> StoredFile:
     try:
         with open(tmp, "wb") as out:
             shutil.copyfileobj(upload.file, out, 1 << 20)
-        report = validate(tmp, fmt="openai")  # OpenAI chat format, as OpenAI requires
+        report = (preference.validate(tmp) if _preference_file(tmp)  # OpenAI's DPO format
+                  else validate(tmp, fmt="openai"))  # OpenAI chat format, as OpenAI requires
         if not report.valid:
             name = (upload.filename or "the file")[:80]
             raise ApiError(400, f"file: {name} is not a valid fine-tuning file: {_issues(report)}")

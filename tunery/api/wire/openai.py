@@ -39,7 +39,7 @@ class ChatRequest:
 
 @dataclass(frozen=True)
 class CreateJob:
-    """A fine_tuning.jobs.create request (supervised only)."""
+    """A fine_tuning.jobs.create request: supervised, or DPO (method.type "dpo")."""
 
     model: str
     training_file: str
@@ -50,6 +50,8 @@ class CreateJob:
     suffix: str | None
     seed: int | None
     metadata: dict[str, str] | None
+    method: str = "supervised"  # or "dpo"
+    beta: float | None = None  # DPO's beta; None: "auto"
 
 
 def _body(body: Any) -> dict:
@@ -177,23 +179,25 @@ def _auto_int(value: Any, field: str, lo: int, hi: int) -> int | None:
     return None if value == "auto" else int_field(value, field, lo, hi)
 
 
-def _hyperparameters(body: dict) -> tuple[dict, str]:
-    """method.supervised.hyperparameters, or the deprecated top-level hyperparameters; and its field path."""
+def _hyperparameters(body: dict) -> tuple[dict, str, str]:
+    """method.{supervised,dpo}.hyperparameters, or the deprecated top-level hyperparameters; their field path; and
+    the method."""
     method = object_field(body.get("method"), "method")
+    kind = "supervised"
     if method is not None:
         kind = method.get("type")
-        if kind != "supervised":
-            raise ApiError(400, f"method.type: expected \"supervised\", found {kind!r:.40} (tunery tunes supervised "
-                                "LoRA adapters)")
-        _known(method, ("type", "supervised"), "method.")
-        supervised = object_field(method.get("supervised"), "method.supervised") or {}
-        _known(supervised, ("hyperparameters",), "method.supervised.")
-        where = "method.supervised.hyperparameters"
+        if kind not in ("supervised", "dpo"):
+            raise ApiError(400, f"method.type: expected \"supervised\" or \"dpo\", found {kind!r:.40} (tunery tunes "
+                                "LoRA adapters on examples or on preference pairs)")
+        _known(method, ("type", kind), "method.")
+        inner = object_field(method.get(kind), f"method.{kind}") or {}
+        _known(inner, ("hyperparameters",), f"method.{kind}.")
+        where = f"method.{kind}.hyperparameters"
     else:
         where = "hyperparameters"
-    hp = object_field((supervised if method is not None else body).get("hyperparameters"), where) or {}
-    _known(hp, HP_FIELDS, f"{where}.")
-    return hp, where
+    hp = object_field((inner if method is not None else body).get("hyperparameters"), where) or {}
+    _known(hp, HP_FIELDS + (("beta",) if kind == "dpo" else ()), f"{where}.")
+    return hp, where, kind
 
 
 def _metadata(value: Any) -> dict[str, str] | None:
@@ -223,8 +227,8 @@ def parse_create_job(body: Any) -> CreateJob:
     if body.get("integrations"):
         raise ApiError(400, "integrations: not supported by tunery (its metrics are in the job's events, the "
                             "console and the Vertex TensorBoard routes)")
-    hp, where = _hyperparameters(body)
-    lr = hp.get("learning_rate_multiplier")
+    hp, where, method = _hyperparameters(body)
+    lr, beta = hp.get("learning_rate_multiplier"), hp.get("beta")
     suffix = str_field(body.get("suffix"), "suffix", 64)
     if suffix is not None and not SUFFIX.fullmatch(suffix):
         raise ApiError(400, f"suffix: expected 1 to 64 letters, digits, '_', '.' or '-', found {suffix!r}")
@@ -234,14 +238,17 @@ def parse_create_job(body: Any) -> CreateJob:
                      _auto_int(hp.get("batch_size"), f"{where}.batch_size", *RANGES["batch_size"]),
                      None if lr == "auto" else float_field(lr, f"{where}.learning_rate_multiplier",
                                                            *RANGES["learning_rate_multiplier"]),
-                     suffix or None, int_field(body.get("seed"), "seed", 0, 2**31 - 1), _metadata(body.get("metadata")))
+                     suffix or None, int_field(body.get("seed"), "seed", 0, 2**31 - 1), _metadata(body.get("metadata")),
+                     method, None if beta in (None, "auto") else float_field(beta, f"{where}.beta", *RANGES["beta"]))
 
 
 def job_request(req: CreateJob, train_path: str, validation_path: str | None) -> JobRequest:
     """The job service's request for an OpenAI one: the datasets are the uploaded files' paths."""
     hp = {k: v for k, v in (("epochs", req.n_epochs), ("batch_size", req.batch_size),
-                            ("learning_rate_multiplier", req.learning_rate_multiplier), ("seed", req.seed))
-          if v is not None}
+                            ("learning_rate_multiplier", req.learning_rate_multiplier), ("seed", req.seed),
+                            ("beta", req.beta)) if v is not None}
+    if req.method == "dpo":
+        hp["method"] = "preference"
     return JobRequest(door="openai", train=train_path, base_model=req.model, validation=validation_path,
                       hyperparameters=hp, display_name=req.suffix,
                       labels=dict(req.metadata or {}),  # Vertex's name for the same thing: the Vertex view shows them

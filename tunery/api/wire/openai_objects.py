@@ -14,6 +14,7 @@ from tunery.jobs import states
 from tunery.jobs.store import File, Job, Model
 from tunery.serve.generate import Generation
 from tunery.train import metrics as mt
+from tunery.train import preference as pt
 
 JOB_PREFIX = "ftjob-"
 STATUS = {states.PENDING: "queued", states.RUNNING: "running", states.SUCCEEDED: "succeeded",
@@ -22,7 +23,11 @@ STATUS = {states.PENDING: "queued", states.RUNNING: "running", states.SUCCEEDED:
           states.CANCELLING: "cancelled"}
 # metrics.jsonl (Vertex names) -> OpenAI's metric names
 METRICS = {mt.TRAIN_LOSS: "train_loss", mt.TRAIN_ACCURACY: "train_mean_token_accuracy",
-           mt.EVAL_LOSS: "valid_loss", mt.EVAL_ACCURACY: "valid_mean_token_accuracy"}
+           mt.EVAL_LOSS: "valid_loss", mt.EVAL_ACCURACY: "valid_mean_token_accuracy",
+           # preference (DPO) jobs: the reward accuracy and margin against the reference, the answers' log-probs
+           pt.TRAIN_REWARD_ACCURACY: "train_reward_accuracy", pt.TRAIN_REWARD_MARGIN: "train_reward_margin",
+           pt.TRAIN_CHOSEN_LOGPS: "train_chosen_logps", pt.TRAIN_REJECTED_LOGPS: "train_rejected_logps",
+           pt.EVAL_REWARD_ACCURACY: "valid_reward_accuracy", pt.EVAL_REWARD_MARGIN: "valid_reward_margin"}
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
 ERROR_CODES = {3: "invalid_training_file", 8: "resource_exhausted"}  # google.rpc.Code -> a code OpenAI clients read
 
@@ -82,7 +87,8 @@ def job_json(job: Job, model_name: str | None) -> dict:
             "training_file": oa.training_file if oa else spec.train_uri,
             "validation_file": oa.validation_file if oa else spec.validation_uri,
             "estimated_finish": None, "integrations": [], "metadata": spec.labels or None,
-            "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+            "method": ({"type": "dpo", "dpo": {"hyperparameters": {**hp, "beta": spec.tuning.beta}}}
+                       if spec.tuning.method == "preference" else {"type": "supervised", "supervised": {"hyperparameters": hp}}),
             "user_provided_suffix": oa.suffix if oa else None}
 
 

@@ -21,8 +21,8 @@ MAX_WORKERS = 64  # data-parallel workers one job may ask for (`workers`, a tune
 # A TuningJob create body's fields, camelCase (snake_case is read too). Google's APIs refuse fields they do not
 # define; so does tunery. Of the fields Vertex defines, each is honoured, ignored (output only, as Google ignores
 # them on create), accepted with a warning on the job, or refused with the reason (docs/api.md lists each).
-HONOURED = ("baseModel", "supervisedTuningSpec", "tunedModelDisplayName", "description", "labels", "preTunedModel",
-            "workers")  # workers: tunery's own
+HONOURED = ("baseModel", "supervisedTuningSpec", "preferenceOptimizationSpec", "tunedModelDisplayName", "description",
+            "labels", "preTunedModel", "workers")  # workers: tunery's own
 OUTPUT_ONLY = ("name", "state", "createTime", "startTime", "endTime", "updateTime", "error", "experiment",
                "tunedModel", "tuningDataStats", "evaluateDatasetRuns", "tuningJobState", "tuningJobMetadata",
                "pipelineJob", "satisfiesPzs", "satisfiesPzi")
@@ -34,11 +34,12 @@ REFUSED = {
     "customBaseModel": "name a local model directory (under an --allow-path root) in baseModel instead",
     "gcsMetricsUri": "tunery serves a job's metrics itself (the job's /metrics, the Experiments and TensorBoard "
                      "routes); remove gcsMetricsUri",
-    **{k: "tunery supports supervised tuning only (supervisedTuningSpec)" for k in (
-        "preferenceOptimizationSpec", "distillationSpec", "reinforcementTuningSpec", "fullFineTuningSpec",
+    **{k: "tunery supports supervised and preference tuning (supervisedTuningSpec, preferenceOptimizationSpec)"
+       for k in ("distillationSpec", "reinforcementTuningSpec", "fullFineTuningSpec",
         "partnerModelTuningSpec", "veoTuningSpec", "veoLoraTuningSpec", "distillationSamplingSpec")}}
 SPEC_FIELDS = ("trainingDatasetUri", "validationDatasetUri", "hyperParameters", "exportLastCheckpointOnly",
                "tuningMode", "evaluationConfig")
+PREFERENCE_SPEC_FIELDS = ("trainingDatasetUri", "validationDatasetUri", "hyperParameters", "exportLastCheckpointOnly")
 EVAL_FIELDS = ("metrics", "outputConfig", "autoraterConfig", "inferenceGenerationConfig", "datasetUri", "task", "limit")
 PRE_TUNED_FIELDS = ("tunedModelName", "checkpointId", "baseModel")
 
@@ -74,9 +75,17 @@ def parse_create(body: Any, door: str = "vertex") -> JobRequest:
     labels = object_field(get(body, "labels"), "labels") or {}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()) or len(labels) > 64:
         raise ApiError(400, "labels: expected at most 64 string keys with string values")
-    spec = object_field(get(body, "supervisedTuningSpec"), "supervisedTuningSpec") or {}
-    where = "supervisedTuningSpec"
-    known_fields(spec, SPEC_FIELDS, f"{where}.", "SupervisedTuningSpec")
+    supervised = object_field(get(body, "supervisedTuningSpec"), "supervisedTuningSpec")
+    preferred = object_field(get(body, "preferenceOptimizationSpec"), "preferenceOptimizationSpec")
+    if supervised and preferred:
+        raise ApiError(400, "preferenceOptimizationSpec: expected one tuning spec, found supervisedTuningSpec too "
+                            "(to tune on preferences after supervised tuning, create a second job with preTunedModel)")
+    where = "preferenceOptimizationSpec" if preferred else "supervisedTuningSpec"
+    spec = (preferred if preferred else supervised) or {}
+    if preferred:
+        known_fields(spec, PREFERENCE_SPEC_FIELDS, f"{where}.", "PreferenceOptimizationSpec")
+    else:
+        known_fields(spec, SPEC_FIELDS, f"{where}.", "SupervisedTuningSpec")
     train = str_field(get(spec, "trainingDatasetUri"), f"{where}.trainingDatasetUri")
     if not train:
         raise ApiError(400, f"{where}.trainingDatasetUri: required (the training dataset's path or URI)")
@@ -93,13 +102,13 @@ def parse_create(body: Any, door: str = "vertex") -> JobRequest:
     base = str_field(get(body, "baseModel"), "baseModel", 512)
     if not base and pre_tuned is None:
         raise ApiError(400, "baseModel: required (or preTunedModel to continue from a tuned model)")
-    hp = hyperparameters(spec)
+    hp = hyperparameters(spec, where)
     if get(spec, "exportLastCheckpointOnly") is not None:
         hp["export_last_checkpoint_only"] = bool_field(get(spec, "exportLastCheckpointOnly"),
                                                        f"{where}.exportLastCheckpointOnly")
     return JobRequest(door=door, train=train, base_model=None if pre_tuned else base,
                       validation=str_field(get(spec, "validationDatasetUri"), f"{where}.validationDatasetUri") or None,
-                      hyperparameters=hp, evaluation=evaluation(spec),
+                      hyperparameters=hp, evaluation=None if preferred else evaluation(spec),
                       workers=int_field(get(body, "workers"), "workers", 1, MAX_WORKERS) or 1, pre_tuned=pre_tuned,
                       display_name=get(body, "tunedModelDisplayName"), description=get(body, "description"),
                       labels=labels, warnings=tuple(warnings))
@@ -144,14 +153,17 @@ def enum_field(value: Any, field: str, names: tuple[str, ...]) -> str | None:
     return text.lower().replace("_", "-")
 
 
-def hyperparameters(spec: dict) -> dict:
-    """TuningConfig fields from supervisedTuningSpec.hyperParameters (validated, with field paths in errors). An
-    unknown field is an error, as on Vertex: a misspelt one would otherwise tune silently with the default."""
+def hyperparameters(spec: dict, spec_name: str = "supervisedTuningSpec") -> dict:
+    """TuningConfig fields from the spec's hyperParameters (validated, with field paths in errors). An unknown
+    field is an error, as on Vertex: a misspelt one would otherwise tune silently with the default. A
+    preferenceOptimizationSpec also takes `beta` and makes the job a preference (DPO) job."""
     hp = get(spec, "hyperParameters") or {}
-    where = "supervisedTuningSpec.hyperParameters"
-    known = set(HYPERPARAMETERS) | {_snake(k) for k in HYPERPARAMETERS}
+    where = f"{spec_name}.hyperParameters"
+    preference = spec_name == "preferenceOptimizationSpec"
+    names = HYPERPARAMETERS + (("beta",) if preference else ())
+    known = set(names) | {_snake(k) for k in names}
     if unknown := [k for k in hp if k not in known]:
-        raise ApiError(400, f"{where}.{unknown[0]}: unknown field; expected one of {', '.join(HYPERPARAMETERS)}")
+        raise ApiError(400, f"{where}.{unknown[0]}: unknown field; expected one of {', '.join(names)}")
     r = config.RANGES
     out = {"epochs": int_field(get(hp, "epochCount"), f"{where}.epochCount", *r["epochs"]),
            "learning_rate_multiplier": float_field(get(hp, "learningRateMultiplier"), f"{where}.learningRateMultiplier",
@@ -167,6 +179,8 @@ def hyperparameters(spec: dict) -> dict:
            "lora_alpha": float_field(get(hp, "loraAlpha"), f"{where}.loraAlpha", *r["lora_alpha"]),
            "lora_targets": enum_field(get(hp, "loraTargets"), f"{where}.loraTargets", LORA_TARGETS),
            "lr_schedule": enum_field(get(hp, "learningRateSchedule"), f"{where}.learningRateSchedule", LR_SCHEDULES)}
+    if preference:
+        out |= {"method": "preference", "beta": float_field(get(hp, "beta"), f"{where}.beta", *r["beta"])}
     mode = get(spec, "tuningMode")
     if mode not in (None, "TUNING_MODE_UNSPECIFIED", "TUNING_MODE_PEFT_ADAPTER"):
         raise ApiError(400, f"supervisedTuningSpec.tuningMode: expected TUNING_MODE_PEFT_ADAPTER, found {mode!r} "
@@ -243,6 +257,8 @@ def _spec_json(job: Job) -> dict:
             hp[fields.HP_VERTEX[key]] = str(value) if isinstance(value, int) else value
         elif key in ("lora_targets", "lr_schedule"):
             hp[fields.HP_VERTEX[key]] = enum_name(value)
+    if tc.method == "preference":
+        hp["beta"] = tc.beta
     out: dict[str, Any] = {"trainingDatasetUri": spec.train_uri, "hyperParameters": hp}
     if "export_last_checkpoint_only" in sent:
         out["exportLastCheckpointOnly"] = tc.export_last_checkpoint_only
@@ -256,11 +272,15 @@ def _spec_json(job: Job) -> dict:
     return out
 
 
+SPEC_KEY = {"supervised": "supervisedTuningSpec", "preference": "preferenceOptimizationSpec"}
+STATS_KEY = {"supervised": "supervisedTuningDataStats", "preference": "preferenceOptimizationDataStats"}
+
+
 def job_json(job: Job, model: Model | None, endpoints: list[Endpoint], evaluation_status: dict | None = None) -> dict:
     spec = job.spec
     out: dict[str, Any] = {"name": job.name, "state": job.state, "createTime": job.create_time,
                            "updateTime": job.update_time, "baseModel": spec.base_model,
-                           "supervisedTuningSpec": _spec_json(job)}
+                           SPEC_KEY[spec.tuning.method]: _spec_json(job)}
     for key, value in (("tunedModelDisplayName", spec.display_name), ("description", spec.description),
                        ("labels", spec.labels or None)):
         if value is not None:
@@ -279,7 +299,7 @@ def job_json(job: Job, model: Model | None, endpoints: list[Endpoint], evaluatio
     if job.error:
         out["error"] = job.error
     if job.stats:
-        out["tuningDataStats"] = {"supervisedTuningDataStats": job.stats}
+        out["tuningDataStats"] = {STATS_KEY[spec.tuning.method]: job.stats}
     if job.metadata:
         out["tuningJobMetadata"] = {k: str(v) for k, v in job.metadata.items()}
     if metadata.has_experiment(job):  # never before the context exists (the vertexai SDK reads it at once)

@@ -60,6 +60,7 @@ const tunery = (() => {
   const CHARTS = {
     "chart-loss": ["Loss", "/train_total_loss", "/eval_total_loss"],
     "chart-accuracy": ["Next-token accuracy", "/train_fraction_of_correct_next_step_preds", "/eval_fraction_of_correct_next_step_preds"],
+    "chart-reward": ["Reward accuracy (the preferred answer gained more)", "/train_reward_accuracy", "/eval_reward_accuracy"],
   };
   function chartData(curves, train, evaluation) {
     const t = curves[train] || [], e = curves[evaluation] || [];
@@ -72,7 +73,7 @@ const tunery = (() => {
     for (const [id, [title, train, evaluation]] of Object.entries(CHARTS)) {
       const el = document.getElementById(id);
       if (!el) continue;
-      const y = id === "chart-accuracy" ? {range: [0, 1]} : {};  // a fraction
+      const y = id === "chart-loss" ? {} : {range: [0, 1]};  // a fraction
       const opts = {title, width: Math.max(300, el.clientWidth || 520), height: 220, scales: {x: {time: false}, y},
         axes: [{label: "step"}, {}],
         series: [{label: "step"}, {label: train, stroke: "#2563eb", width: 2, spanGaps: true},

@@ -1,0 +1,170 @@
+"""Preference tuning (DPO): the three data formats with line + pointer + code for each violation, the statistics,
+and DPO on the tiny model: the first step's loss is log 2 (the policy starts as its reference), reward accuracy on
+the training pairs rises, and a supervised adapter continues into DPO with itself as the reference."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+
+from tunery.config import TuningConfig
+from tunery.data import preference
+from tunery.train import metrics as mt
+from tunery.train import preference as pt
+from tunery.train.engine import train
+from tests.helpers import contents, write_jsonl
+
+GOOD = {"contents": [{"role": "user", "parts": [{"text": "Q?"}]}],
+        "completions": [{"score": 1, "completion": {"role": "model", "parts": [{"text": "yes"}]}},
+                        {"score": 0, "completion": {"role": "model", "parts": [{"text": "no"}]}}]}
+
+
+def with_(path: str, value):
+    obj = json.loads(json.dumps(GOOD))
+    *head, last = path.split("/")[1:]
+    target = obj
+    for k in head:
+        target = target[int(k) if k.isdigit() else k]
+    if value is ...:
+        del target[int(last) if last.isdigit() else last]
+    elif isinstance(target, list) and int(last) == len(target):
+        target.append(value)
+    else:
+        target[int(last) if last.isdigit() else last] = value
+    return obj
+
+
+@pytest.mark.parametrize("obj, code, pointer", [
+    (with_("/completions/1/score", 1), "invalid_score", "/completions/1/score"),
+    (with_("/completions/0/score", 0.5), "invalid_score", "/completions/0/score"),
+    (with_("/completions/1", ...), "wrong_completion_count", "/completions"),
+    (with_("/completions/0/completion/role", "user"), "completion_not_model", "/completions/0/completion/role"),
+    (with_("/completions/0/completion/parts/0/text", ""), "empty_text", "/completions/0/completion/parts/0/text"),
+    (with_("/contents/1", {"role": "model", "parts": [{"text": "x"}]}), "prompt_not_ending_with_user", "/contents/1/role"),
+    (with_("/contents/0/parts/0", {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}),
+     "unreadable_image", "/contents/0/parts/0/inlineData/data"),
+    ({"input": {"messages": [{"role": "user", "content": "Q"}]}, "preferred_output": [{"role": "assistant", "content": "A"}],
+      "non_preferred_output": [{"role": "user", "content": "B"}]}, "completion_not_model", "/non_preferred_output/0/role"),
+    ({"input": {"messages": [{"role": "user", "content": "Q"}]}, "preferred_output": [{"role": "assistant", "content": "A"}]},
+     "invalid_completions", "/non_preferred_output"),
+    ({"prompt": "Q", "chosen": "A"}, "missing_column", "/rejected"),
+    ({"prompt": "Q", "completion": "A"}, "unknown_format", ""),
+])
+def test_each_preference_error_is_reported_at_its_pointer(obj, code, pointer):
+    pair, _, issues = preference.parse(obj, 7)
+    assert pair is None
+    assert (code, 7, pointer) in [(i.code, i.line, i.pointer) for i in issues if i.severity == "error"], issues
+
+
+def test_the_three_formats_give_the_same_pair():
+    openai = {"input": {"messages": [{"role": "user", "content": "Q?"}]},
+              "preferred_output": [{"role": "assistant", "content": "yes"}],
+              "non_preferred_output": [{"role": "assistant", "content": "no"}]}
+    pairs = [preference.parse(o, 1) for o in (GOOD, openai, {"prompt": "Q?", "chosen": "yes", "rejected": "no"})]
+    assert [fmt for _, fmt, _ in pairs] == ["vertex", "openai", "columns"]
+    assert pairs[0][0] == pairs[1][0] == pairs[2][0] and preference.to_vertex(pairs[0][0]) == GOOD
+
+
+def pairs(n: int = 8) -> list[dict]:
+    rows = []
+    for i in range(n):
+        obj = json.loads(json.dumps(GOOD))
+        obj["contents"][0]["parts"][0]["text"] = f"Is {i} a number?"
+        obj["completions"][0]["completion"]["parts"][0]["text"] = f"yes, {i} is"
+        obj["completions"][1]["completion"]["parts"][0]["text"] = f"no, {i} is not"
+        rows.append(obj)
+    return rows
+
+
+def test_dpo_starts_at_log_2_and_learns_the_preferred_answers(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs())
+    res = train(TuningConfig(train=str(data), validation=str(data), base_model=str(tiny_model_dir),
+                             output=str(tmp_path / "run"), epochs=6, batch_size=4, learning_rate=2e-2,
+                             adapter_size=4, method="preference", beta=0.5))
+    records = mt.read_metrics(tmp_path / "run")
+    first, last = records[0], records[-1]
+    # step 1 runs the starting weights, which are the reference: every margin is 0 and the loss is log 2, up to
+    # float32 sums of ~10 token log-probs of magnitude ~10 computed in batches of other widths (~1e-5 nats, x beta)
+    assert abs(first[mt.TRAIN_LOSS] - math.log(2)) < 1e-3
+    assert first[pt.TRAIN_PAIRS] == 4 and last[pt.TRAIN_REWARD_ACCURACY] == 1.0
+    assert last[mt.EVAL_LOSS] < 0.5 * math.log(2) and last[pt.EVAL_REWARD_ACCURACY] == 1.0
+    assert last[pt.TRAIN_CHOSEN_LOGPS] > first[pt.TRAIN_CHOSEN_LOGPS]  # the preferred answers became more likely
+    assert res.steps == 12 and [c["checkpointId"] for c in res.checkpoints] == [str(k) for k in range(1, 7)]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["hyperparameters"]["method"] == "preference" and manifest["hyperparameters"]["beta"] == 0.5
+
+
+def test_supervised_then_preference_continues_from_the_supervised_adapter(tmp_path, tiny_model_dir):
+    """SFT, then DPO from its adapter: the reference is the SFT model, so DPO's first loss is log 2 again."""
+    sft_data = write_jsonl(tmp_path / "sft.jsonl", [contents(("user", f"Is {i} a number?"), ("model", f"yes, {i} is"))
+                                                    for i in range(8)])
+    train(TuningConfig(train=str(sft_data), base_model=str(tiny_model_dir), output=str(tmp_path / "sft"), epochs=2,
+                       batch_size=4, learning_rate=2e-2, adapter_size=4))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs())
+    train(TuningConfig(train=str(data), base_model=str(tiny_model_dir), output=str(tmp_path / "dpo"), epochs=2,
+                       batch_size=4, learning_rate=2e-2, adapter_size=4, method="preference",
+                       init_adapter=str(tmp_path / "sft" / "adapter")))
+    first = mt.read_metrics(tmp_path / "dpo")[0]
+    assert abs(first[mt.TRAIN_LOSS] - math.log(2)) < 1e-3
+    # the SFT model already prefers its own answers over the base model's view of them
+    assert first[pt.TRAIN_CHOSEN_LOGPS] > first[pt.TRAIN_REJECTED_LOGPS]
+
+
+def test_preference_jobs_through_google_genai_and_openai(tmp_path_factory, tiny_model_dir):
+    """A preference job created with the real google-genai SDK (PREFERENCE_TUNING) and one with the real openai SDK
+    (method dpo): each succeeds, reports preference metrics and statistics, and its tuned model answers."""
+    import openai
+    from google.genai import types
+
+    from tests.helpers import tunery_home
+    from tests.test_api import LiveServer, sdk, wait_done
+
+    home = tmp_path_factory.mktemp("preference-home")
+    with tunery_home(home, tiny_model_dir):
+        (home / "data").mkdir()
+        data = write_jsonl(home / "data" / "pairs.jsonl", pairs())
+        with LiveServer(home) as server:
+            client = sdk(server.url)
+            job = client.tunings.tune(base_model="gemini-2.0-flash-001", training_dataset=types.TuningDataset(
+                gcs_uri=str(data)), config=types.CreateTuningJobConfig(method="PREFERENCE_TUNING", epoch_count=3,
+                                                                       beta=0.5, learning_rate_multiplier=10.0))
+            job = wait_done(client, job.name)
+            assert job.state.name == "JOB_STATE_SUCCEEDED", job.error
+            assert job.preference_optimization_spec.hyper_parameters.beta == 0.5 and job.supervised_tuning_spec is None
+            stats = job.tuning_data_stats.preference_optimization_data_stats
+            assert stats.tuning_dataset_example_count == 8 and stats.user_dataset_examples[0].completions[0].score == 1
+            run = home / "jobs" / job.name.rsplit("/", 1)[1] / "run"
+            records = mt.read_metrics(run)
+            assert records[-1][pt.TRAIN_REWARD_ACCURACY] == 1.0 and records[-1][mt.TRAIN_LOSS] < math.log(2)
+            answer = client.models.generate_content(model=job.tuned_model.endpoint, contents="Is 3 a number?",
+                                                    config=types.GenerateContentConfig(max_output_tokens=4))
+            assert answer.text
+
+            oa = openai.OpenAI(base_url=f"{server.url}/v1", api_key="local-dev")
+            openai_pairs = [{"input": {"messages": [{"role": "user", "content": p["contents"][0]["parts"][0]["text"]}]},
+                             "preferred_output": [{"role": "assistant", "content": p["completions"][0]["completion"]["parts"][0]["text"]}],
+                             "non_preferred_output": [{"role": "assistant", "content": p["completions"][1]["completion"]["parts"][0]["text"]}]}
+                            for p in pairs()]
+            upload = oa.files.create(file=("pairs.jsonl", write_jsonl(home / "data" / "oa.jsonl", openai_pairs).read_bytes()),
+                                     purpose="fine-tune")
+            ft = oa.fine_tuning.jobs.create(model="gemini-2.0-flash-001", training_file=upload.id, method={
+                "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5, "n_epochs": 2, "learning_rate_multiplier": 10}}})
+            deadline = time.monotonic() + 180
+            while (ft := oa.fine_tuning.jobs.retrieve(ft.id)).status not in ("succeeded", "failed", "cancelled"):
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+            assert ft.status == "succeeded", ft.error
+            assert ft.method.type == "dpo" and ft.method.dpo.hyperparameters.beta == 0.5
+            events = oa.fine_tuning.jobs.list_events(ft.id, limit=100).data
+            assert any(e.type == "metrics" and "train_reward_accuracy" in (e.data or {}) for e in events)
+            chat = oa.chat.completions.create(model=ft.fine_tuned_model, max_tokens=4, temperature=0,
+                                              messages=[{"role": "user", "content": "Is 3 a number?"}])
+            assert chat.choices[0].message.content
+            # a bad beta is a 400 naming the field
+            with pytest.raises(openai.BadRequestError) as err:
+                oa.fine_tuning.jobs.create(model="gemini-2.0-flash-001", training_file=upload.id, method={
+                    "type": "dpo", "dpo": {"hyperparameters": {"beta": 5}}})
+            assert "method.dpo.hyperparameters.beta" in str(err.value)
