@@ -245,9 +245,15 @@ def inspect_cmd(file, line_no, base_model, max_length, input_column, output_colu
               help="Save resume state at least this often (and at every checkpoint).")
 @click.option("--early-stopping-patience", type=int,
               help="Stop after this many validation passes in a row without a better loss (needs --validation).")
+@click.option("--method", type=click.Choice(["supervised", "preference"]), default="supervised", show_default=True,
+              help="preference: DPO on preference pairs (Vertex's contents + completions, OpenAI's DPO format, or "
+                   "prompt/chosen/rejected); continue a supervised run with --init-adapter RUN/adapter.")
+@click.option("--beta", type=float, default=0.1, show_default=True,
+              help="DPO's beta: how far the tuned model may move from where it started (preference only).")
+@click.option("--init-adapter", type=click.Path(file_okay=False), help="Start from this adapter (a run's adapter/).")
 def tune_cmd(local, train_file, validation, base_model, epochs, learning_rate_multiplier, learning_rate, adapter_size,
              lora_alpha, lora_targets, lr_schedule, batch_size, max_length, seed, export_last_checkpoint_only, output,
-             save_interval_seconds, early_stopping_patience):
+             save_interval_seconds, early_stopping_patience, method, beta, init_adapter):
     """Tune a LoRA adapter on a dataset. Re-running the same command on the same --output resumes after a crash.
 
     Example: tunery tune --local --train train.jsonl --validation val.jsonl --epochs 3 --output runs/alerts
@@ -267,7 +273,8 @@ def tune_cmd(local, train_file, validation, base_model, epochs, learning_rate_mu
                        adapter_size=adapter_size, lora_alpha=lora_alpha, lora_targets=lora_targets,
                        lr_schedule=lr_schedule, batch_size=batch_size, max_length=max_length, seed=seed,
                        export_last_checkpoint_only=export_last_checkpoint_only, output=output,
-                       save_interval_seconds=save_interval_seconds, early_stopping_patience=early_stopping_patience)
+                       save_interval_seconds=save_interval_seconds, early_stopping_patience=early_stopping_patience,
+                       method=method, beta=beta, init_adapter=init_adapter)
     progress = Progress(TextColumn("[bold]tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                         TimeRemainingColumn(), console=err, transient=False)
     task = None
@@ -280,7 +287,9 @@ def tune_cmd(local, train_file, validation, base_model, epochs, learning_rate_mu
             progress.start()
             task = progress.add_task("tune", total=e["total_steps"], completed=e["resumed_from"] or 0, info="")
         elif e["event"] == "step" and task is not None:
-            info = f"loss {e['/train_total_loss']:.3f} acc {e['/train_fraction_of_correct_next_step_preds']:.2f}"
+            info = f"loss {e['/train_total_loss']:.3f} " + (
+                f"acc {e['/train_fraction_of_correct_next_step_preds']:.2f}" if method == "supervised"
+                else f"reward acc {e['/train_reward_accuracy']:.2f}")
             if "/eval_total_loss" in e:
                 info += f" | eval loss {e['/eval_total_loss']:.3f}"
             progress.update(task, completed=e["step"], info=info)
