@@ -271,6 +271,96 @@ def run(url: str, home: Path, server_pid: int, tasks: list[str], settings: list[
     return results
 
 
+# ---------------------------------------------------------------- preference tuning (DPO)
+
+def pair_logps(spec, adapter: str | None, pairs, runtime) -> list[tuple[float, float]]:
+    """(log p(preferred), log p(dispreferred)) of each pair's answers under the base model or an adapter: the
+    answer's tokens only, given the prompt (tunery.train.preference, as DPO scores them)."""
+    import torch
+
+    from tunery import models
+    from tunery.train import preference as pt
+
+    template = models.load_template(spec)
+    model = models.load_model_fresh(spec).to(runtime.device).eval()
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).eval()
+    rows = pt.render_pairs(pairs, template, spec.max_tokens)
+    out = []
+    with torch.no_grad():
+        for k in range(0, len(rows), 8):
+            chosen, rejected = pt.forward(model, rows[k:k + 8], template.end_id, runtime)
+            out += list(zip(chosen.tolist(), rejected.tolist()))
+    return out
+
+
+def run_preference(url: str, home: Path, server_pid: int, base_model: str, work: Path, limit_train: int | None,
+                   limit_test: int | None, log=print, beta: float = 0.1) -> dict:
+    """base -> SFT (alerts, supervisedTuningSpec) -> SFT + DPO (preference pairs, preferenceOptimizationSpec with
+    preTunedModel: the supervised model is the start and the reference), through the REST job API. On test pairs
+    the tuning never saw: how often each model gives the preferred answer the higher log-probability, DPO's reward
+    accuracy against its reference (the SFT model), and ROUGE-L of greedy answers against the preferred ones."""
+    from tunery import models
+    from tunery.client import Client
+    from tunery.data import preference
+    from tunery.eval import run as er
+    from tunery.serve.registry import Registry
+
+    client = Client(server=url, project="bench")
+    work.mkdir(parents=True, exist_ok=True)
+    sft_train = work / "alerts_train.jsonl"
+    sft_train.write_text("\n".join(_lines(DATA / "alerts_train.jsonl", limit_train)) + "\n")
+    pref_train = work / "prefs_train.jsonl"
+    pref_train.write_text("\n".join(_lines(DATA / "prefs_train.jsonl", limit_train)) + "\n")
+    test_pairs = preference.read_pairs(DATA / "prefs_test.jsonl")[:limit_test or None]
+    test = work / "prefs_test_generation.jsonl"  # prompt -> the preferred answer, for the generation metric
+    test.write_text("".join(json.dumps({"contents": preference.to_vertex(p)["contents"] + [
+        {"role": "model", "parts": [{"text": p.chosen}]}]}) + "\n" for p in test_pairs))
+    spec, runtime = models.resolve(base_model), _cpu_or_cuda()
+    generator = er.Generator(Registry(runtime=runtime))
+    rows: dict = {}
+
+    def scored(label: str, adapter: str | None, ref: list | None = None) -> dict:
+        logps = pair_logps(spec, adapter, test_pairs, runtime)
+        target = er.resolve_target(adapter.rsplit("/adapter", 1)[0]) if adapter else er.resolve_target(base_model)
+        ev = er.run(test, {"model": target}, "summarization", None, max_output_tokens=128, generator=generator)
+        out = {"preferred_higher": sum(c > r for c, r in logps) / len(logps),
+               "rougeL": ev.results["model"].metrics["rougeL_fmeasure"], "n": len(logps)}
+        if ref is not None:
+            out["reward_accuracy"] = sum((c - rc) > (r - rr) for (c, r), (rc, rr) in zip(logps, ref)) / len(logps)
+        log(f"preference: {label}: preferred answer more likely on {out['preferred_higher']:.3f} of test pairs, "
+            f"ROUGE-L {out['rougeL']:.3f}" + (f", reward accuracy {out['reward_accuracy']:.3f}" if ref else ""))
+        rows[label] = out
+        return logps
+
+    scored("base", None)
+    sft = _job(client, server_pid, {"baseModel": base_model, "supervisedTuningSpec": {
+        "trainingDatasetUri": str(sft_train), "hyperParameters": {"epochCount": 2}}})
+    rows["sft_job"] = sft
+    sft_dir = home / "jobs" / sft["job"].rsplit("/", 1)[-1] / "run"
+    ref = scored("sft", str(sft_dir / "adapter"))
+    model_name = client.call("GET", sft["job"])["tunedModel"]["model"]
+    dpo = _job(client, server_pid, {"preTunedModel": {"tunedModelName": model_name}, "preferenceOptimizationSpec": {
+        "trainingDatasetUri": str(pref_train), "hyperParameters": {"epochCount": 2, "beta": beta}}})
+    rows["dpo_job"] = dpo
+    scored("sft+dpo", str(home / "jobs" / dpo["job"].rsplit("/", 1)[-1] / "run" / "adapter"), ref)
+    return rows
+
+
+def _job(client, server_pid: int, body: dict) -> dict:
+    cpu, t = children_cpu_seconds(server_pid), time.perf_counter()
+    job = client.call("POST", f"{client.place}/tuningJobs", json=body)
+    while job["state"] not in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"):
+        time.sleep(1.0)
+        job = client.call("GET", job["name"])
+    if job["state"] != "JOB_STATE_SUCCEEDED":
+        raise SystemExit(f"{job['name']} ended {job['state']}: {job.get('error')}")
+    return {"job": job["name"], "job_wall_s": round(time.perf_counter() - t, 1),
+            "job_cpu_s": round(children_cpu_seconds(server_pid) - cpu, 1) if cpu is not None else None}
+
+
 def _cpu_or_cuda():
     import torch
 
@@ -314,6 +404,16 @@ def table(results: dict) -> str:
         lines.append(f"{'':15s} {'val loss (chosen)':18s} {'':>3s} {'':>8s}" + "".join(f" {v:>10s}" for v in losses))
         mins = [_minutes(row["settings"].get(n)) for n in names]
         lines.append(f"{'':15s} {'job min CPU/wall':18s} {'':>3s} {'':>8s}" + "".join(f" {m:>10s}" for m in mins))
+    return "\n".join(lines)
+
+
+def preference_table(rows: dict) -> str:
+    lines = ["| model | preferred answer more likely (test pairs) | reward accuracy vs SFT | ROUGE-L vs preferred |",
+             "|---|---|---|---|"]
+    for label in ("base", "sft", "sft+dpo"):
+        r = rows[label]
+        lines.append(f"| {label} | {r['preferred_higher']:.3f} | {r.get('reward_accuracy', float('nan')):.3f} | "
+                     f"{r['rougeL']:.3f} |".replace("nan", "-"))
     return "\n".join(lines)
 
 
@@ -366,7 +466,8 @@ def start_server(home: Path, allow: Path, log: Path) -> tuple[subprocess.Popen, 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated: {', '.join(TASKS)}")
+    ap.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated: {', '.join(TASKS)}, and preference "
+                                                             "(base -> SFT -> SFT+DPO on the alerts' preference pairs)")
     ap.add_argument("--base-model", default="smollm2-135m-instruct")
     ap.add_argument("--setting", action="append", default=[], help="NAME:key=value[,key=value] (repeatable)")
     ap.add_argument("--no-old", action="store_true", help="skip the `old` setting (the current defaults)")
@@ -381,10 +482,12 @@ def main(argv: list[str] | None = None) -> None:
         print(table(merge([json.loads(p.read_text()) for p in args.from_json])))
         return
     tasks = [t for t in args.tasks.split(",") if t]
+    preference_task = "preference" in tasks
+    tasks = [t for t in tasks if t != "preference"]
     if unknown := [t for t in tasks if t not in TASKS]:
         raise SystemExit(f"--tasks: expected some of {', '.join(TASKS)}, found {', '.join(unknown)}")
     settings = ([] if args.no_old else [Setting("old", {})]) + [parse_setting(s) for s in args.setting]
-    if not settings:
+    if not settings and tasks:
         raise SystemExit("nothing to tune: give a --setting or drop --no-old")
 
     tmp = Path(tempfile.mkdtemp(prefix="tunery-quality-bench-"))
@@ -401,10 +504,17 @@ def main(argv: list[str] | None = None) -> None:
                       args.limit_val, args.limit_test, via_endpoint=args.score == "endpoint",
                       log=lambda m: print(m, flush=True),
                       save=lambda r: args.json and args.json.write_text(json.dumps(r, indent=1) + "\n"))
+        if preference_task:
+            results["preference"] = run_preference(url, home, server.pid, args.base_model, tmp / "data" / "preference",
+                                                   args.limit_train, args.limit_test,
+                                                   log=lambda m: print(m, flush=True))
+            args.json and args.json.write_text(json.dumps(results, indent=1) + "\n")
     finally:
         server.terminate()
         server.wait(timeout=60)
     print(table(results))
+    if "preference" in results:
+        print(preference_table(results["preference"]))
     print(f"work files and the server log: {tmp}")
 
 
