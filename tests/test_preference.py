@@ -130,7 +130,7 @@ def test_preference_jobs_through_google_genai_and_openai(tmp_path_factory, tiny_
             client = sdk(server.url)
             job = client.tunings.tune(base_model="gemini-2.0-flash-001", training_dataset=types.TuningDataset(
                 gcs_uri=str(data)), config=types.CreateTuningJobConfig(method="PREFERENCE_TUNING", epoch_count=3,
-                                                                       beta=0.5, learning_rate_multiplier=10.0))
+                                                                       beta=0.5, learning_rate_multiplier=100.0))
             job = wait_done(client, job.name)
             assert job.state.name == "JOB_STATE_SUCCEEDED", job.error
             assert job.preference_optimization_spec.hyper_parameters.beta == 0.5 and job.supervised_tuning_spec is None

@@ -11,7 +11,7 @@ writes):
     prefs_val.jsonl    pairs from the validation alerts
     prefs_test.jsonl   pairs from the first --test test alerts (never tuned on)
 
-Usage: python examples/data/make_preferences.py [--test 60] [--seed 11]
+Usage: python examples/data/make_preferences.py [--test 60] [--seed 11] [--out DIR]
 """
 
 from __future__ import annotations
@@ -56,16 +56,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--test", type=int, default=60)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--out", type=Path, default=HERE)
     args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     for src, dst in (("alerts_train.jsonl", "prefs_train.jsonl"), ("alerts_val.jsonl", "prefs_val.jsonl")):
         rows = [json.loads(line)["messages"] for line in (HERE / src).read_text().splitlines() if line.strip()]
-        (HERE / dst).write_text("".join(json.dumps(pair(m[0]["content"], m[1]["content"], rng)) + "\n" for m in rows))
+        (args.out / dst).write_text("".join(json.dumps(pair(m[0]["content"], m[1]["content"], rng)) + "\n" for m in rows))
     with open(HERE / "alerts_test.csv", encoding="utf-8", newline="") as f:
         test = list(csv.DictReader(f))[:args.test]
-    (HERE / "prefs_test.jsonl").write_text("".join(json.dumps(pair(r["input_text"], r["output_text"], rng)) + "\n"
+    (args.out / "prefs_test.jsonl").write_text("".join(json.dumps(pair(r["input_text"], r["output_text"], rng)) + "\n"
                                                    for r in test))
-    print(f"wrote prefs_train.jsonl, prefs_val.jsonl, prefs_test.jsonl to {HERE}")
+    print(f"wrote prefs_train.jsonl, prefs_val.jsonl, prefs_test.jsonl to {args.out}")
 
 
 if __name__ == "__main__":

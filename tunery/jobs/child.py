@@ -25,6 +25,7 @@ from tunery.train.checkpoints import write_json
 
 JOB_FILE, PROGRESS_FILE, RESULT_FILE, LOG_FILE = "job.json", "progress.json", "result.json", "log.txt"
 LOCKED_EXIT = 75  # EX_TEMPFAIL: another process (an old child the worker no longer knows) holds the job; try later
+STOPPED_EXIT = 76  # stopped on SIGTERM (a pause, a cancel, a server that stops) with its state saved: not a crash
 PARENT_ENV = "TUNERY_PARENT_PID"  # the worker's PID, to catch a parent that died before PR_SET_PDEATHSIG took effect
 SAVE_INTERVAL_ENV = "TUNERY_SAVE_INTERVAL_SECONDS"  # the server's resume-state cadence (default 60 s)
 RUN_SUBDIR = "run"  # the train() output directory inside the job directory
@@ -53,7 +54,14 @@ def main(run_dir: Path) -> int:
     except locks.Locked as exc:
         print(f"tunery child: {exc}", file=sys.stderr, flush=True)
         return LOCKED_EXIT
-    return run(run_dir)
+    from tunery.train import stopping
+
+    signal.signal(signal.SIGTERM, lambda *_: stopping.STOP.set())  # the step under way ends, the state is saved
+    try:
+        return run(run_dir)
+    except stopping.Stopped as exc:
+        print(f"tunery child: {exc}; the state is saved", file=sys.stderr, flush=True)
+        return STOPPED_EXIT
 
 
 def run(run_dir: Path, rank: int = 0) -> int:
@@ -94,8 +102,12 @@ def run(run_dir: Path, rank: int = 0) -> int:
             return 1
         return 0
     write_json(run_dir / PROGRESS_FILE, progress)
+    from tunery.train.stopping import Stopped
+
     try:
         result = train(cfg, on_event)
+    except Stopped:
+        raise  # main() exits with STOPPED_EXIT: no result, the worker knows why
     except (ConfigError, DatasetError, TrainingError) as exc:
         code = RESOURCE_EXHAUSTED if "out of memory" in exc.message else INVALID_ARGUMENT
         write_json(run_dir / RESULT_FILE, {"status": "failed", "error": {"code": code, "message": str(exc)}})

@@ -165,6 +165,23 @@ class JobService:
             raise RequestError("", f"tuning job {job_id} has already ended ({found})", status="FAILED_PRECONDITION")
         return self.store.get_job(job_id)  # type: ignore[return-value]
 
+    def pause(self, job_id: str, project: str | None = None, location: str | None = None) -> Job:
+        """Stop a queued or running job, its state saved, until resume() (OpenAI's pause)."""
+        self.get(job_id, project, location)
+        found = self.store.request_pause(job_id)
+        if found not in (states.PENDING, states.RUNNING, states.PAUSING, states.PAUSED):
+            raise RequestError("", f"tuning job {job_id} cannot be paused: it is {found}", status="FAILED_PRECONDITION")
+        return self.store.get_job(job_id)  # type: ignore[return-value]
+
+    def resume(self, job_id: str, project: str | None = None, location: str | None = None) -> Job:
+        """Queue a paused job again: it continues from its last saved state."""
+        job = self.get(job_id, project, location)
+        try:
+            return self.store.transition(job_id, states.PENDING, detail=states.WAITING_FOR_QUOTA)
+        except states.IllegalTransition:
+            raise RequestError("", f"tuning job {job_id} is not paused ({job.state})",
+                               status="FAILED_PRECONDITION") from None
+
     def evaluation_report(self, job: Job) -> Path:
         """The JSON report of a job's before/after evaluation (its HTML page beside it, same name)."""
         from tunery.jobs import child

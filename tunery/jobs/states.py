@@ -10,6 +10,8 @@ SUCCEEDED = "JOB_STATE_SUCCEEDED"
 FAILED = "JOB_STATE_FAILED"
 CANCELLING = "JOB_STATE_CANCELLING"
 CANCELLED = "JOB_STATE_CANCELLED"
+PAUSING = "JOB_STATE_PAUSING"  # tunery's: the process saves its state and stops (the Vertex view says RUNNING)
+PAUSED = "JOB_STATE_PAUSED"  # stopped with its state saved; resume queues it again (OpenAI's pause and resume)
 
 # Vertex's finer-grained tuningJobState
 WAITING_FOR_QUOTA = "TUNING_JOB_STATE_WAITING_FOR_QUOTA"
@@ -18,12 +20,14 @@ TUNING = "TUNING_JOB_STATE_TUNING"
 POST_PROCESSING = "TUNING_JOB_STATE_POST_PROCESSING"
 
 ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
-ALL = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED)
+ALL = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED, PAUSING, PAUSED)
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    PENDING: frozenset({RUNNING, CANCELLING, CANCELLED, FAILED}),
-    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLING, PENDING}),  # -> PENDING: requeued after a crash or restart
+    PENDING: frozenset({RUNNING, CANCELLING, CANCELLED, FAILED, PAUSED}),
+    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLING, PENDING, PAUSING}),  # -> PENDING: requeued after a crash
     CANCELLING: frozenset({CANCELLED, FAILED}),
+    PAUSING: frozenset({PAUSED, SUCCEEDED, FAILED, CANCELLING}),  # it may finish before it stops
+    PAUSED: frozenset({PENDING, CANCELLED}),
     SUCCEEDED: frozenset(),
     FAILED: frozenset(),
     CANCELLED: frozenset(),

@@ -247,12 +247,26 @@ class Store:
             if row is None:
                 raise KeyError(job_id)
             found, ts = row["state"], now()
-            if found == states.PENDING:
+            if found in (states.PENDING, states.PAUSED):
                 db.execute("UPDATE jobs SET state = ?, detail_state = NULL, error = ?, update_time = ?, end_time = ?"
                            " WHERE id = ?", (states.CANCELLED, json.dumps(error), ts, ts, job_id))
-            elif found == states.RUNNING:
+            elif found in (states.RUNNING, states.PAUSING):
                 db.execute("UPDATE jobs SET state = ?, detail_state = NULL, update_time = ? WHERE id = ?",
                            (states.CANCELLING, ts, job_id))
+        return found
+
+    def request_pause(self, job_id: str) -> str:
+        """Pause whatever state the job is in right now, in one transaction: PENDING -> PAUSED, RUNNING -> PAUSING
+        (the worker stops its process, which saves its state first). Returns the state found; others are left."""
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(job_id)
+            found, ts = row["state"], now()
+            target = {states.PENDING: states.PAUSED, states.RUNNING: states.PAUSING}.get(found)
+            if target:
+                db.execute("UPDATE jobs SET state = ?, detail_state = NULL, update_time = ? WHERE id = ?",
+                           (target, ts, job_id))
         return found
 
     def update_progress(self, job_id: str, *, detail: str | None = None, stats: dict | None = None,

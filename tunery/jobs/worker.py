@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tunery import locks, threads
 from tunery.jobs import states
-from tunery.jobs.child import JOB_FILE, LOCKED_EXIT, LOG_FILE, PROGRESS_FILE, RESULT_FILE
+from tunery.jobs.child import JOB_FILE, LOCKED_EXIT, LOG_FILE, PROGRESS_FILE, RESULT_FILE, STOPPED_EXIT
 from tunery.jobs.executors import Executor, ExecutorError, Exit, Handle
 from tunery.jobs.executors.local import LocalExecutor
 from tunery.jobs.store import Job, Store
@@ -33,6 +33,7 @@ log = logging.getLogger("tunery")
 MAX_ATTEMPTS = 3  # a job whose tuning process crashes this many times fails (server restarts do not count)
 MAX_CRASHES_ENV = "TUNERY_MAX_JOB_CRASHES"  # overrides MAX_ATTEMPTS (the chaos test kills each job many times)
 CANCEL_GRACE_SECONDS = 5.0  # graceful stop, then a forced one after this long
+PAUSE_GRACE_SECONDS = 60.0  # a pause waits this long for the step under way to end and the state to be saved
 CANCELLED_ERROR = {"code": 1, "message": "CANCELED"}
 MAX_RETRY_SECONDS = 60.0  # the longest wait before trying again to start a job whose executor was unreachable
 
@@ -137,6 +138,10 @@ class Worker:
             if (handle := self._reattach(job)) is not None:
                 self.executor.cancel(handle, force=True)
             self.store.transition(job.id, states.CANCELLED, error=CANCELLED_ERROR, ended=True)
+        for job in self.store.jobs_in(states.PAUSING):  # the server stopped while it paused: it is paused
+            if (handle := self._reattach(job)) is not None:
+                self.executor.cancel(handle, force=True)
+            self.store.transition(job.id, states.PAUSED)
 
     def _reattach(self, job: Job) -> Handle | None:
         try:
@@ -160,6 +165,7 @@ class Worker:
     def tick(self) -> None:
         self._reap()
         self._cancel()
+        self._pause()
         self._start_queued()
         self._share_back()
 
@@ -175,7 +181,7 @@ class Worker:
                 log.exception("job %s: could not record how its attempt ended", job_id)
                 self.children.pop(job_id, None)
                 job = self.store.get_job(job_id)
-                if job is not None and job.state in (states.RUNNING, states.CANCELLING):
+                if job is not None and job.state in (states.RUNNING, states.CANCELLING, states.PAUSING):
                     self.store.transition(job_id, states.FAILED, ended=True, error={
                         "code": 13, "message": f"could not read how the tuning process ended: {exc!r:.300}"})
 
@@ -192,6 +198,8 @@ class Worker:
         result = _read(handle.run_dir / RESULT_FILE)
         if job.state == states.CANCELLING:
             self.store.transition(job.id, states.CANCELLED, error=CANCELLED_ERROR, ended=True)
+        elif job.state == states.PAUSING and not (result and result["status"] == "succeeded"):
+            self.store.transition(job.id, states.PAUSED)  # its last saved state is where resume starts
         elif result and result["status"] == "succeeded":
             meta = {"completedEpochCount": result["epochs"], "completedStepCount": result["steps"]}
             if result.get("stats"):
@@ -199,6 +207,8 @@ class Worker:
             self.store.finish_job(job, result["base_model"], result["adapter"], result["checkpoints"], meta)
         elif result:
             self.store.transition(job.id, states.FAILED, error=result["error"], ended=True)
+        elif ended.code == STOPPED_EXIT:  # stopped on SIGTERM with its state saved (the server stopped it): not a crash
+            self.store.transition(job.id, states.PENDING, detail=states.WAITING_FOR_QUOTA)
         elif ended.code == LOCKED_EXIT:  # it found the job held by another process and did nothing: not a crash
             log.warning("job %s: its directory is held by another process; requeued", job.id)
             self.store.transition(job.id, states.PENDING, detail=states.WAITING_FOR_QUOTA)
@@ -220,15 +230,28 @@ class Worker:
 
     def _cancel(self) -> None:
         for job in self.store.jobs_in(states.CANCELLING):
-            handle = self.children.get(job.id)
-            if handle is None:
+            if (handle := self.children.get(job.id)) is None:
                 self.store.transition(job.id, states.CANCELLED, error=CANCELLED_ERROR, ended=True)
-            elif handle.term_sent is None:
-                self.executor.cancel(handle, force=False)
-                handle.term_sent = time.monotonic()
-            elif not handle.kill_sent and time.monotonic() - handle.term_sent > CANCEL_GRACE_SECONDS:
-                self.executor.cancel(handle, force=True)
-                handle.kill_sent = True
+            else:
+                self._stop_process(handle, CANCEL_GRACE_SECONDS)
+
+    def _pause(self) -> None:
+        """Stop the processes of jobs being paused; once a process has ended, _record_exit marks its job PAUSED."""
+        for job in self.store.jobs_in(states.PAUSING):
+            if (handle := self.children.get(job.id)) is None:
+                self.store.transition(job.id, states.PAUSED)
+            else:
+                self._stop_process(handle, PAUSE_GRACE_SECONDS)
+
+    def _stop_process(self, handle: Handle, grace: float) -> None:
+        """SIGTERM (the process saves its state after the step it is on, then exits), SIGKILL after `grace` s (it
+        resumes from its last saved state instead)."""
+        if handle.term_sent is None:
+            self.executor.cancel(handle, force=False)
+            handle.term_sent = time.monotonic()
+        elif not handle.kill_sent and time.monotonic() - handle.term_sent > grace:
+            self.executor.cancel(handle, force=True)
+            handle.kill_sent = True
 
     def _start_queued(self) -> None:
         for job in self.store.jobs_in(states.PENDING):

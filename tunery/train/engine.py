@@ -43,7 +43,7 @@ from tunery.train import attention
 from tunery.train import checkpoints as ck
 from tunery.train import distributed
 from tunery.train.distributed import Dist
-from tunery.train import lora, memory
+from tunery.train import lora, memory, stopping
 from tunery.train import metrics as mt
 from tunery.train.loss import linear_cross_entropy
 from tunery.train.selection import EarlyStop, default_checkpoint
@@ -307,12 +307,17 @@ def _train_step(model, optimizer, trainable, rows: list[Rendered], pad_id: int, 
     if not math.isfinite(total_sum):
         raise TrainingError(f"the loss became {total_sum / max(total_n, 1)} at step {step + 1}; training stopped",
                             hint="lower the learning rate (--learning-rate-multiplier) and check the data")
-    (loss_sum / total_n).backward()
+    _update(loss_sum / total_n, trainable, optimizer, dist)
+    return {mt.TRAIN_LOSS: total_sum / total_n, mt.TRAIN_ACCURACY: total_correct / total_n,
+            mt.TRAIN_PREDICTIONS: int(total_n)}
+
+
+def _update(loss, trainable, optimizer, dist: Dist) -> None:
+    """Backward, gradients summed over ranks, one optimizer step."""
+    loss.backward()
     dist.sum_grads(trainable)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {mt.TRAIN_LOSS: total_sum / total_n, mt.TRAIN_ACCURACY: total_correct / total_n,
-            mt.TRAIN_PREDICTIONS: int(total_n)}
 
 
 def _preference_step(model, optimizer, trainable, rows, pad_id: int, runtime: Runtime, dist: Dist, step: int,
@@ -329,10 +334,7 @@ def _preference_step(model, optimizer, trainable, rows, pad_id: int, runtime: Ru
     if not math.isfinite(loss_sum):
         raise TrainingError(f"the loss became {loss_sum / max(n, 1)} at step {step + 1}; training stopped",
                             hint="lower the learning rate (--learning-rate-multiplier) or beta")
-    (total / n).backward()
-    dist.sum_grads(trainable)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    _update(total / n, trainable, optimizer, dist)
     return {mt.TRAIN_LOSS: loss_sum / n, pt.TRAIN_REWARD_ACCURACY: correct / n, pt.TRAIN_REWARD_MARGIN: margin / n,
             pt.TRAIN_CHOSEN_LOGPS: chosen / n, pt.TRAIN_REJECTED_LOGPS: rejected / n, pt.TRAIN_PAIRS: int(n)}
 
@@ -463,12 +465,17 @@ def _train_locked(cfg: TuningConfig, out: Path, identity: dict, spec, plan: _Pla
                 path = ck.save_checkpoint(out, number, model, manifest, lambda w: crash(f"checkpoint.{w}"))
                 checkpoints.append(_ckpt_record(path))
                 emit({"event": "checkpoint", **checkpoints[-1]})
-            if step in plan.exports or step == total or stop or time.monotonic() - last_save >= cfg.save_interval_seconds:
+            halt = stopping.STOP.is_set()  # a pause or a cancel: the state after this step, then out
+            if step in plan.exports or step == total or stop or halt or \
+                    time.monotonic() - last_save >= cfg.save_interval_seconds:
                 # after the checkpoint, and naming it: a kill in between resumes before the export and redoes it
                 ck.save_state(out, model, optimizer, step, {"epoch": epoch_f, "checkpoints": [c["checkpointId"] for c in checkpoints],
                                                             "early_stopping": stopper.state()},
                               lambda w: crash(f"state.{w}"))
                 last_save = time.monotonic()
+            if halt and step < total and not stop:
+                log.info("%s: stopped on request at step %d of %d (state saved)", out, step, total)
+                raise stopping.Stopped(f"stopped at step {step} of {total}")
             if stop:
                 log.info("%s: stopped early at step %d of %d: %s", out, step, total, stopper.stopped["reason"])
                 emit({"event": "stopped_early", **stopper.stopped})

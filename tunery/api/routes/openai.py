@@ -181,6 +181,27 @@ def retrieve_fine_tuning_job(job_id: str, svc: Svc) -> dict:
     return _job_json(svc, _job_or_404(svc, job_id))
 
 
+@router.post("/fine_tuning/jobs/{job_id}/pause")
+def pause_fine_tuning_job(job_id: str, svc: Svc) -> dict:
+    """Stop the job with its state saved (status pausing, then paused); /resume continues it from there."""
+    job = _job_or_404(svc, job_id)
+    try:
+        return _job_json(svc, svc.jobs.pause(job.id))
+    except RequestError as exc:
+        raise ApiError(400, f"fine_tuning_job_id: {job_id} cannot be paused: it is {objects.STATUS.get(job.state, job.state)}"
+                       ) from exc
+
+
+@router.post("/fine_tuning/jobs/{job_id}/resume")
+def resume_fine_tuning_job(job_id: str, svc: Svc) -> dict:
+    job = _job_or_404(svc, job_id)
+    try:
+        return _job_json(svc, svc.jobs.resume(job.id))
+    except RequestError as exc:
+        raise ApiError(400, f"fine_tuning_job_id: {job_id} is not paused ({objects.STATUS.get(job.state, job.state)})"
+                       ) from exc
+
+
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
 def cancel_fine_tuning_job(job_id: str, svc: Svc) -> dict:
     job = _job_or_404(svc, job_id)

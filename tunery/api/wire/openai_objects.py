@@ -20,7 +20,7 @@ JOB_PREFIX = "ftjob-"
 STATUS = {states.PENDING: "queued", states.RUNNING: "running", states.SUCCEEDED: "succeeded",
           states.FAILED: "failed", states.CANCELLED: "cancelled",
           # OpenAI has no "cancelling": once cancel is accepted the job will end cancelled and make no model
-          states.CANCELLING: "cancelled"}
+          states.CANCELLING: "cancelled", states.PAUSING: "pausing", states.PAUSED: "paused"}
 # metrics.jsonl (Vertex names) -> OpenAI's metric names
 METRICS = {mt.TRAIN_LOSS: "train_loss", mt.TRAIN_ACCURACY: "train_mean_token_accuracy",
            mt.EVAL_LOSS: "valid_loss", mt.EVAL_ACCURACY: "valid_mean_token_accuracy",

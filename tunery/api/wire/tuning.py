@@ -10,6 +10,7 @@ from tunery import config
 from tunery.api.errors import ApiError
 from tunery.api.wire import fields, metadata
 from tunery.api.wire.common import _snake, bool_field, float_field, get, int_field, object_field, str_field
+from tunery.jobs import states
 from tunery.jobs.spec import Evaluation, JobRequest, PreTuned
 from tunery.jobs.store import Endpoint, Job, Model
 
@@ -278,7 +279,9 @@ STATS_KEY = {"supervised": "supervisedTuningDataStats", "preference": "preferenc
 
 def job_json(job: Job, model: Model | None, endpoints: list[Endpoint], evaluation_status: dict | None = None) -> dict:
     spec = job.spec
-    out: dict[str, Any] = {"name": job.name, "state": job.state, "createTime": job.create_time,
+    # Vertex has no PAUSING: a job pausing still runs until its step ends and its state is saved
+    out: dict[str, Any] = {"name": job.name, "state": states.RUNNING if job.state == states.PAUSING else job.state,
+                           "createTime": job.create_time,
                            "updateTime": job.update_time, "baseModel": spec.base_model,
                            SPEC_KEY[spec.tuning.method]: _spec_json(job)}
     for key, value in (("tunedModelDisplayName", spec.display_name), ("description", spec.description),
