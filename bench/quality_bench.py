@@ -322,30 +322,37 @@ def run_preference(url: str, home: Path, server_pid: int, base_model: str, work:
     generator = er.Generator(Registry(runtime=runtime))
     rows: dict = {}
 
-    def scored(label: str, adapter: str | None, ref: list | None = None) -> dict:
+    def accuracy(logps: list, ref: list) -> float:  # DPO's reward accuracy: the preferred answer gained more
+        return sum((c - rc) > (r - rr) for (c, r), (rc, rr) in zip(logps, ref)) / len(logps)
+
+    def scored(label: str, adapter: str | None, ref: list | None = None, base: list | None = None) -> list:
         logps = pair_logps(spec, adapter, test_pairs, runtime)
         target = er.resolve_target(adapter.rsplit("/adapter", 1)[0]) if adapter else er.resolve_target(base_model)
         ev = er.run(test, {"model": target}, "summarization", None, max_output_tokens=128, generator=generator)
         out = {"preferred_higher": sum(c > r for c, r in logps) / len(logps),
                "rougeL": ev.results["model"].metrics["rougeL_fmeasure"], "n": len(logps)}
+        if base is not None:
+            out["reward_accuracy_vs_base"] = accuracy(logps, base)
         if ref is not None:
-            out["reward_accuracy"] = sum((c - rc) > (r - rr) for (c, r), (rc, rr) in zip(logps, ref)) / len(logps)
+            out["reward_accuracy"] = accuracy(logps, ref)
         log(f"preference: {label}: preferred answer more likely on {out['preferred_higher']:.3f} of test pairs, "
-            f"ROUGE-L {out['rougeL']:.3f}" + (f", reward accuracy {out['reward_accuracy']:.3f}" if ref else ""))
+            f"ROUGE-L {out['rougeL']:.3f}" + (f", reward accuracy vs base {out['reward_accuracy_vs_base']:.3f}"
+                                               if base else "")
+            + (f", vs SFT {out['reward_accuracy']:.3f}" if ref else ""))
         rows[label] = out
         return logps
 
-    scored("base", None)
+    base_logps = scored("base", None)
     sft = _job(client, server_pid, {"baseModel": base_model, "supervisedTuningSpec": {
         "trainingDatasetUri": str(sft_train), "hyperParameters": {"epochCount": 2}}})
     rows["sft_job"] = sft
     sft_dir = home / "jobs" / sft["job"].rsplit("/", 1)[-1] / "run"
-    ref = scored("sft", str(sft_dir / "adapter"))
+    ref = scored("sft", str(sft_dir / "adapter"), base=base_logps)
     model_name = client.call("GET", sft["job"])["tunedModel"]["model"]
     dpo = _job(client, server_pid, {"preTunedModel": {"tunedModelName": model_name}, "preferenceOptimizationSpec": {
         "trainingDatasetUri": str(pref_train), "hyperParameters": {"epochCount": 2, "beta": beta}}})
     rows["dpo_job"] = dpo
-    scored("sft+dpo", str(home / "jobs" / dpo["job"].rsplit("/", 1)[-1] / "run" / "adapter"), ref)
+    scored("sft+dpo", str(home / "jobs" / dpo["job"].rsplit("/", 1)[-1] / "run" / "adapter"), ref, base_logps)
     return rows
 
 
@@ -408,12 +415,12 @@ def table(results: dict) -> str:
 
 
 def preference_table(rows: dict) -> str:
-    lines = ["| model | preferred answer more likely (test pairs) | reward accuracy vs SFT | ROUGE-L vs preferred |",
-             "|---|---|---|---|"]
+    lines = ["| model | preferred answer more likely (test pairs) | reward accuracy vs base | reward accuracy vs SFT "
+             "| ROUGE-L vs preferred |", "|---|---|---|---|---|"]
     for label in ("base", "sft", "sft+dpo"):
         r = rows[label]
-        lines.append(f"| {label} | {r['preferred_higher']:.3f} | {r.get('reward_accuracy', float('nan')):.3f} | "
-                     f"{r['rougeL']:.3f} |".replace("nan", "-"))
+        lines.append(f"| {label} | {r['preferred_higher']:.3f} | {r.get('reward_accuracy_vs_base', float('nan')):.3f} "
+                     f"| {r.get('reward_accuracy', float('nan')):.3f} | {r['rougeL']:.3f} |".replace("nan", "-"))
     return "\n".join(lines)
 
 
