@@ -56,3 +56,9 @@ def test_pause_stops_after_a_step_and_resume_trains_each_step_once(tmp_path_fact
             with pytest.raises(openai.BadRequestError) as err:
                 oa.fine_tuning.jobs.resume(job.id)
             assert "is not paused" in str(err.value)
+            with pytest.raises(openai.BadRequestError) as err:  # an ended job cannot be paused
+                oa.fine_tuning.jobs.pause(job.id)
+            assert "cannot be paused" in str(err.value)
+            for call in (oa.fine_tuning.jobs.pause, oa.fine_tuning.jobs.resume):  # an unknown id: 404, OpenAI's shape
+                with pytest.raises(openai.NotFoundError):
+                    call("ftjob-1234567890123456789")
