@@ -12,6 +12,7 @@ import json
 import pytest
 
 from tests.helpers import contents, write_jsonl
+from tunery import device
 from tunery.config import TuningConfig
 from tunery.errors import ConfigError
 from tunery.train import metrics as mt
@@ -83,7 +84,8 @@ def test_selection_rules():
     assert EarlyStop.restore(2, stop.state()) == stop
 
 
-def test_a_kill_right_after_the_early_stop_export_resumes_to_the_same_result(tmp_path, data, tiny_model_dir):
+def test_a_kill_right_after_the_early_stop_export_resumes_to_the_same_result(tmp_path, data, tiny_model_dir,
+                                                                           monkeypatch):
     """SIGKILL once the early-stop checkpoint is renamed into place, before the state naming it is saved: the
     resumed run redoes the last steps, stops at the same step and exports the same checkpoint under the same id.
     (Only the last checkpoint is kept, so the one at the stop is the early stop's own export, id "1".)"""
@@ -106,8 +108,15 @@ def test_a_kill_right_after_the_early_stop_export_resumes_to_the_same_result(tmp
         manifest = json.loads((out / "manifest.json").read_text())
         return manifest["early_stopping"], [(c["checkpointId"], c["step"]) for c in manifest["checkpoints"]]
 
-    whole = tune(tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr
+    # uninterrupted, in this process: the same train() the command runs, in the same precision and threads
+    monkeypatch.setenv("TUNERY_PRECISION", "float32")
+    device.pick.cache_clear()
+    try:
+        train(TuningConfig(train=str(data[0]), validation=str(data[1]), base_model=str(tiny_model_dir), epochs=20,
+                           batch_size=4, learning_rate=2e-2, adapter_size=4, early_stopping_patience=2,
+                           export_last_checkpoint_only=True, output=str(tmp_path / "whole")))
+    finally:
+        device.pick.cache_clear()
     stopped, exported = checkpoints(tmp_path / "whole")
     assert stopped and exported == [("1", stopped["step"])] and stopped["step"] < 80  # only the stop's export
     killed = tune(tmp_path / "killed", crash_at=f"checkpoint.renamed {stopped['step']}")
