@@ -49,36 +49,47 @@ def checkpoint_steps(out: Path) -> dict[str, int]:
     return {p.name: json.loads((p / "manifest.json").read_text())["step"] for p in ck.complete_checkpoints(out)}
 
 
-def test_kill_between_checkpoint_and_state_neither_renumbers_nor_duplicates(data, tmp_path, tiny_model_dir):
+# Each kill, and the point where the next process must pick up. One run directory is killed four times in a row
+# (each resume is itself killed at the next point) and finished by a fifth process: the four crash-and-resume cases
+# in five processes instead of eight (a process's start costs more than its training on this 2-core machine).
+KILLS = [  # (point, step, the step the next process resumes from)
+    ("checkpoint.renamed", 6, 5),  # between the checkpoint's commit and the state naming it: neither renumbered nor duplicated
+    ("state.written", 7, 6),  # the state's files written, not yet renamed into place: the previous state
+    ("checkpoint.written", 12, 11),  # the checkpoint's files written, not renamed: the state before it
+    ("state.renamed", 12, 12),  # the state committed: resume right after it
+]
+
+
+def test_kills_at_each_write_resume_from_the_last_complete_state(data, tmp_path, tiny_model_dir):
     out = tmp_path / "run"
-    first = tune(data, out, tiny_model_dir, crash_at="checkpoint.renamed 6")
-    assert first.returncode == -9
-    assert checkpoint_steps(out) == {"checkpoint-1": 6} and ck.latest_state(out).name == "state-00000005"
+    trained_by: list[tuple[int, list[int]]] = []  # (resumed_from, steps) of each process that was killed
+    resumed_from = None
+    for point, step, resumes in KILLS:
+        proc = tune(data, out, tiny_model_dir, crash_at=f"{point} {step}")
+        assert proc.returncode == -9, proc.stderr
+        if resumed_from is not None:
+            assert re.search(rf"resuming from step {resumed_from}\b", proc.stderr), proc.stderr
+        # a torn write leaves its temporary files behind; a kill after a rename leaves none
+        assert list(out.glob(".tmp-*")) or list((out / "checkpoints").glob(".tmp-*")) or point.endswith("renamed")
+        steps = [r["step"] for r in trained(out)][sum(len(s) for _, s in trained_by):]
+        assert steps == list(range((resumed_from or 0) + 1, step + 1)), (point, steps)
+        assert ck.latest_state(out).name == f"state-{resumes:08d}"
+        trained_by.append((resumed_from, steps))
+        resumed_from = resumes
+        if point == "checkpoint.renamed":  # the checkpoint of step 6 is in place, the state of step 6 is not
+            assert checkpoint_steps(out) == {"checkpoint-1": 6}
     again = tune(data, out, tiny_model_dir)
     assert again.returncode == 0, again.stderr
+    assert re.search(rf"resuming from step {resumed_from}\b", again.stderr), again.stderr
     assert checkpoint_steps(out) == {"checkpoint-1": 6, "checkpoint-2": 12, "checkpoint-3": 18}
     manifest = json.loads((out / "manifest.json").read_text())
     assert [(c["checkpointId"], c["step"]) for c in manifest["checkpoints"]] == [("1", 6), ("2", 12), ("3", 18)]
-    assert [r["step"] for r in mt.read_metrics(out)] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in mt.read_metrics(out)] == list(range(1, STEPS + 1))  # each step once in the curves
     log = trained(out)
-    # the first process trained 1..6; the second resumed from the state of step 5 and trained 6..18
-    assert [r["step"] for r in log] == list(range(1, 7)) + list(range(6, STEPS + 1))
-    assert {r["resumed_from"] for r in log[6:]} == {5} and log[0]["pid"] != log[6]["pid"]
-
-
-@pytest.mark.parametrize("point, step, resumed", [("state.written", 7, 6), ("state.renamed", 12, 12),
-                                                  ("checkpoint.written", 12, 11)])
-def test_kill_during_a_state_or_checkpoint_write_resumes_from_the_last_complete_one(data, tmp_path, tiny_model_dir,
-                                                                                   point, step, resumed):
-    out = tmp_path / "run"
-    assert tune(data, out, tiny_model_dir, crash_at=f"{point} {step}").returncode == -9
-    assert list(out.glob(".tmp-*")) or list((out / "checkpoints").glob(".tmp-*")) or point.endswith("renamed")
-    again = tune(data, out, tiny_model_dir)
-    assert again.returncode == 0, again.stderr
-    assert re.search(rf"resuming from step {resumed}\b", again.stderr), again.stderr
-    assert checkpoint_steps(out) == {"checkpoint-1": 6, "checkpoint-2": 12, "checkpoint-3": 18}
-    assert [r["step"] for r in mt.read_metrics(out)] == list(range(1, STEPS + 1))
-    assert [r["step"] for r in trained(out)] == list(range(1, step + 1)) + list(range(resumed + 1, STEPS + 1))
+    # steps 1-6, then 6-7 (from the state of 5), 7-12 (from 6), 12 (from 11), 13-18 (from 12): five processes
+    assert [r["step"] for r in log] == [*range(1, 7), 6, 7, *range(7, 13), 12, *range(13, STEPS + 1)]
+    assert [r["resumed_from"] for r in log if r["resumed_from"] is not None] == [5] * 2 + [6] * 6 + [11] + [12] * 6
+    assert len({r["pid"] for r in log}) == 5
     assert not list(out.glob(".tmp-*")) and not list((out / "checkpoints").glob(".tmp-*"))
     assert [p.name for p in out.glob("state-*")] == [f"state-{STEPS:08d}"]
 
