@@ -28,6 +28,8 @@ Usage: python bench/quality_bench.py [--tasks classification,qa] [--base-model g
            [--setting lr2x:learningRateMultiplier=2] [--setting r8:adapterSize=8,examplesSeen=2000]
            [--limit-train N] [--limit-val N] [--limit-test N] [--no-old] [--score endpoint]
            [--json out.json]                                   # written after every score
+       python bench/quality_bench.py --tasks preference [--dpo-pairs unseen|seen|all] [--dpo-epochs 1]
+           [--dpo-lr-multiplier 0.25] [--beta 0.1]
        python bench/quality_bench.py --from-json a.json b.json     # merge runs and print one table
 """
 
@@ -297,7 +299,8 @@ def pair_logps(spec, adapter: str | None, pairs, runtime) -> list[tuple[float, f
 
 
 def run_preference(url: str, home: Path, server_pid: int, base_model: str, work: Path, limit_train: int | None,
-                   limit_test: int | None, log=print, beta: float = 0.1) -> dict:
+                   limit_test: int | None, log=print, beta: float = 0.1, dpo_pairs: str = "unseen",
+                   dpo_epochs: int = 1, dpo_lr_multiplier: float = 0.25) -> dict:
     """base -> SFT (alerts, supervisedTuningSpec) -> SFT + DPO (preference pairs, preferenceOptimizationSpec with
     preTunedModel: the supervised model is the start and the reference), through the REST job API. On test pairs
     the tuning never saw: how often each model gives the preferred answer the higher log-probability, DPO's reward
@@ -313,7 +316,12 @@ def run_preference(url: str, home: Path, server_pid: int, base_model: str, work:
     sft_train = work / "alerts_train.jsonl"
     sft_train.write_text("\n".join(_lines(DATA / "alerts_train.jsonl", limit_train)) + "\n")
     pref_train = work / "prefs_train.jsonl"
-    pref_train.write_text("\n".join(_lines(DATA / "prefs_train.jsonl", limit_train)) + "\n")
+    # the pairs of the training alerts: those SFT tuned on ("seen", the first limit_train), the others ("unseen":
+    # new prompts, as feedback on a tuned model's answers would be), or all of them
+    pairs_all = _lines(DATA / "prefs_train.jsonl", None)
+    cut = limit_train or len(pairs_all)
+    chosen_pairs = {"seen": pairs_all[:cut], "unseen": pairs_all[cut:] or pairs_all, "all": pairs_all}[dpo_pairs]
+    pref_train.write_text("\n".join(chosen_pairs) + "\n")
     test_pairs = preference.read_pairs(DATA / "prefs_test.jsonl")[:limit_test or None]
     test = work / "prefs_test_generation.jsonl"  # prompt -> the preferred answer, for the generation metric
     test.write_text("".join(json.dumps({"contents": preference.to_vertex(p)["contents"] + [
@@ -350,8 +358,10 @@ def run_preference(url: str, home: Path, server_pid: int, base_model: str, work:
     ref = scored("sft", str(sft_dir / "adapter"), base=base_logps)
     model_name = client.call("GET", sft["job"])["tunedModel"]["model"]
     dpo = _job(client, server_pid, {"preTunedModel": {"tunedModelName": model_name}, "preferenceOptimizationSpec": {
-        "trainingDatasetUri": str(pref_train), "hyperParameters": {"epochCount": 2, "beta": beta}}})
-    rows["dpo_job"] = dpo
+        "trainingDatasetUri": str(pref_train), "hyperParameters": {"epochCount": dpo_epochs, "beta": beta,
+                                                      "learningRateMultiplier": dpo_lr_multiplier}}})
+    rows["dpo_job"] = dpo | {"pairs": len(chosen_pairs), "which": dpo_pairs, "epochs": dpo_epochs, "beta": beta,
+                             "learning_rate_multiplier": dpo_lr_multiplier}
     scored("sft+dpo", str(home / "jobs" / dpo["job"].rsplit("/", 1)[-1] / "run" / "adapter"), ref, base_logps)
     return rows
 
@@ -415,7 +425,10 @@ def table(results: dict) -> str:
 
 
 def preference_table(rows: dict) -> str:
-    lines = ["| model | preferred answer more likely (test pairs) | reward accuracy vs base | reward accuracy vs SFT "
+    d = rows["dpo_job"]
+    lines = [f"DPO on {d['pairs']} pairs ({d['which']}), {d['epochs']} epochs, beta {d['beta']}, learning rate "
+             f"multiplier {d['learning_rate_multiplier']}; {rows['sft']['n']} test pairs", "",
+             "| model | preferred answer more likely (test pairs) | reward accuracy vs base | reward accuracy vs SFT "
              "| ROUGE-L vs preferred |", "|---|---|---|---|---|"]
     for label in ("base", "sft", "sft+dpo"):
         r = rows[label]
@@ -481,6 +494,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit-train", type=int)
     ap.add_argument("--limit-val", type=int)
     ap.add_argument("--limit-test", type=int)
+    ap.add_argument("--dpo-pairs", choices=("unseen", "seen", "all"), default="unseen",
+                    help="preference task: DPO on the pairs of the training alerts SFT did not tune on (default), "
+                         "of those it did (the first --limit-train), or all")
+    ap.add_argument("--dpo-epochs", type=int, default=1)
+    ap.add_argument("--dpo-lr-multiplier", type=float, default=0.25, help="times the preference learning rate (2e-4)")
+    ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--score", choices=("local", "endpoint"), default="local")
     ap.add_argument("--json", type=Path, help="write the results here (merge several with --from-json)")
     ap.add_argument("--from-json", type=Path, nargs="+", help="print the merged table of earlier runs and exit")
@@ -514,7 +533,9 @@ def main(argv: list[str] | None = None) -> None:
         if preference_task:
             results["preference"] = run_preference(url, home, server.pid, args.base_model, tmp / "data" / "preference",
                                                    args.limit_train, args.limit_test,
-                                                   log=lambda m: print(m, flush=True))
+                                                   log=lambda m: print(m, flush=True), beta=args.beta,
+                                                   dpo_pairs=args.dpo_pairs, dpo_epochs=args.dpo_epochs,
+                                                   dpo_lr_multiplier=args.dpo_lr_multiplier)
             args.json and args.json.write_text(json.dumps(results, indent=1) + "\n")
     finally:
         server.terminate()

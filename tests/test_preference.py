@@ -169,6 +169,14 @@ def test_preference_jobs_through_google_genai_and_openai(tmp_path_factory, tiny_
                 oa.fine_tuning.jobs.create(model="gemini-2.0-flash-001", training_file=upload.id, method={
                     "type": "dpo", "dpo": {"hyperparameters": {"beta": 5}}})
             assert "method.dpo.hyperparameters.beta" in str(err.value)
+            # the job service's errors name the preference spec's fields, not the supervised spec's
+            import httpx
+
+            r = httpx.post(f"{server.url}/v1beta1/projects/p/locations/l/tuningJobs", json={
+                "baseModel": "gemini-2.0-flash-001",
+                "preferenceOptimizationSpec": {"trainingDatasetUri": str(home / "data" / "missing.jsonl")}})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["message"].startswith("preferenceOptimizationSpec.trainingDatasetUri: "), r.text
 
 
 def test_a_killed_preference_run_resumes_to_the_same_adapter(tmp_path, tiny_model_dir, monkeypatch):

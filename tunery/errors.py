@@ -63,6 +63,7 @@ class RequestError(TuneryError):
     (INVALID_ARGUMENT, PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED)."""
 
     code = "invalid_argument"
+    method: str | None = None  # the tuning method of the job the request asked for, where known (its field names)
 
     def __init__(self, field: str, detail: str, *, status: str = "INVALID_ARGUMENT", hint: str = "",
                  values: dict | None = None) -> None:

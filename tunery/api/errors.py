@@ -74,7 +74,7 @@ def _from_tunery(exc: TuneryError, path: str = "") -> ApiError:
     """Errors a user caused are 400s (a service error says which); an illegal state change is a failed
     precondition."""
     if isinstance(exc, RequestError):
-        return from_request_error(exc, fields.OPENAI if openai_path(path) else fields.VERTEX)
+        return from_request_error(exc, fields.OPENAI if openai_path(path) else fields.vertex(exc))
     text = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
     return ApiError(400, text, "FAILED_PRECONDITION" if isinstance(exc, IllegalTransition) else None)
 

@@ -49,7 +49,7 @@ def message_of(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, auth.CsrfError):
         return 403, str(exc)
     if isinstance(exc, RequestError):  # the service's field names as the Vertex request spells them
-        error = from_request_error(exc, fields.VERTEX)
+        error = from_request_error(exc, fields.vertex(exc))
         return error.http, error.message
     if isinstance(exc, TuneryError):
         return 400, f"{exc.message} ({exc.hint})" if exc.hint else exc.message

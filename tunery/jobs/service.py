@@ -54,7 +54,11 @@ class JobService:
         if req.workers > 1 and not self.policy.data_parallel:
             raise RequestError("workers", f"{req.workers} data-parallel workers need the Ray executor (tunery serve "
                                           "--executor ray); this server runs jobs as local processes, one worker each")
-        spec = self.resolve(req)
+        try:
+            spec = self.resolve(req)
+        except RequestError as exc:
+            exc.method = req.hyperparameters.get("method", "supervised")  # the door names the fields of this method
+            raise
         job = self.store.create_job(project, location, spec, self.policy.runs_root, self.policy.max_pending)
         if job is None:
             raise RequestError("", f"{self.policy.max_pending} jobs are waiting to start already, this server's "

@@ -15,6 +15,8 @@ VERTEX = {"train": "supervisedTuningSpec.trainingDatasetUri", "validation": "sup
           "pre_tuned.model": "preTunedModel.tunedModelName", "pre_tuned.checkpoint_id": "preTunedModel.checkpointId",
           "hyperparameters.export_last_checkpoint_only": "supervisedTuningSpec.exportLastCheckpointOnly",
           **{f"hyperparameters.{k}": f"supervisedTuningSpec.hyperParameters.{v}" for k, v in HP_VERTEX.items()}}
+# a preference (DPO) job's fields live under preferenceOptimizationSpec
+PREFERENCE_VERTEX = {k: v.replace("supervisedTuningSpec.", "preferenceOptimizationSpec.") for k, v in VERTEX.items()}
 OPENAI = {"train": "training_file", "validation": "validation_file", "base_model": "model",
           "hyperparameters.epochs": "hyperparameters.n_epochs", "hyperparameters.seed": "seed"}
 
@@ -30,7 +32,12 @@ VERTEX_VALUES = {"hyperparameters.adapter_size": lambda v: ADAPTER_SIZE_NAMES.ge
 def named(exc: RequestError, names: dict[str, str]) -> str:
     """The error's message with its field as `names` spell it (and its values, for the Vertex names)."""
     field = names.get(exc.field, exc.field)
-    spell = VERTEX_VALUES.get(exc.field, repr) if names is VERTEX else repr
+    spell = VERTEX_VALUES.get(exc.field, repr) if names in (VERTEX, PREFERENCE_VERTEX) else repr
     detail = exc.detail.format(**{k: spell(v) for k, v in exc.values.items()}) if exc.values else exc.detail
     text = f"{field}: {detail}" if field else detail
     return f"{text} ({exc.hint})" if exc.hint else text
+
+
+def vertex(exc: RequestError) -> dict[str, str]:
+    """The Vertex names for the job the error is about: its method's tuning spec."""
+    return PREFERENCE_VERTEX if exc.method == "preference" else VERTEX
