@@ -29,12 +29,16 @@ def _one_core_per_worker() -> None:
 _one_core_per_worker()
 
 
-# The longest files first (per-file sums of `pytest --durations=0`, a 2-core AVX2 host, 2026-12-07), the rest in
-# name order. The Makefile passes --no-loadscope-reorder, so xdist hands out files in this order instead of "most
-# tests first", which left the single-test files (the real-model test, the chaos run) for the end, alone on one core.
-LONGEST_FIRST = ["test_ray.py", "test_train_real.py", "test_examples.py", "test_chaos.py", "test_resume.py",
-                 "test_jobs_worker.py", "test_api.py", "test_train.py", "test_api_limits.py", "test_console.py",
-                 "test_vertex_sdk.py", "test_multimodal.py", "test_selection.py", "test_fuzz.py"]
+# The costliest files first, the rest in name order: CPU-seconds of each file run alone (`pytest FILE`, /proc/stat;
+# a 2-core AVX2 host, 2026-12-07), largest first, so the short files fill the end and neither worker is left alone
+# with a long one. The Makefile passes --no-loadscope-reorder, so xdist hands out files in this order instead of
+# "most tests first".
+LONGEST_FIRST = ["test_ray.py", "test_train_real.py", "test_examples.py", "test_preference.py", "test_console.py",
+                 "test_chaos.py", "test_train.py", "test_jobs_worker.py", "test_resume.py", "test_multimodal.py",
+                 "test_api.py", "test_fuzz.py", "test_threads.py", "test_llamacpp.py", "test_api_limits.py",
+                 "test_vertex_sdk.py", "test_selection.py", "test_openai_api.py", "test_remote_datasets.py",
+                 "test_zygote.py", "test_jobs_reliability.py", "test_pause.py", "test_quality_bench.py",
+                 "test_job_service.py", "test_cli_client.py", "test_eval.py", "test_deprecations.py", "test_serve.py"]
 
 
 def pytest_collection_modifyitems(items):

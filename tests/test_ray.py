@@ -1,5 +1,5 @@
-"""The Ray executor against a real local Ray cluster: `ray start --head` on 127.0.0.1 with token auth and 2 CPUs,
-started once for this module and stopped by its PID. Jobs go in through the google-genai SDK and REST as usual and
+"""The Ray executor against a real local Ray cluster: `ray start --head` on 127.0.0.1 with token auth and 3 logical
+CPUs (a 2-worker job beside a 1-worker one on this 2-core machine), started once for this module and stopped by its PID. Jobs go in through the google-genai SDK and REST as usual and
 run as Ray jobs (Jobs API) of Ray Train; kills of the Ray worker and of `tunery serve` are survived; cancel stops
 the Ray job; a wrong token is refused. Resumes are checked on trained.jsonl (every step every process trained)."""
 
@@ -43,7 +43,7 @@ class RayHead:
                "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # a test cluster: stop at once, no draining
                "PATH": f"{RAY_BIN.parent}:{os.environ.get('PATH', '')}"}  # `python` in entrypoints is this venv's
         self.proc = subprocess.Popen(
-            [str(RAY_BIN), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+            [str(RAY_BIN), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "3",
              "--num-gpus", "0", "--port", str(_free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port",
              str(self.port), "--temp-dir", str(self.temp), "--disable-usage-stats", "--include-dashboard", "true"],
             env=env, stdout=open(self.temp / "head.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -107,7 +107,7 @@ def home(tmp_path_factory, tiny_model_dir):
 @pytest.fixture(scope="module")
 def server(home, ray_head):
     with LiveServer(home, executor="ray", ray_address=ray_head.url, ray_token=ray_head.token,
-                    max_concurrent_jobs=2) as live:  # 2 Ray CPUs: two 1-worker jobs at once
+                    max_concurrent_jobs=2) as live:  # a 2-worker job beside a 1-worker one (3 Ray CPUs)
         yield live
 
 
@@ -219,9 +219,10 @@ def test_console_offers_workers_only_on_ray(server, home):
 
 @pytest.fixture(scope="module")
 def jobs(server, home, ray_head):
-    """Three jobs side by side, as Ray's 2 CPUs allow: the SDK job (1 worker) and a long job (1 worker) start at
-    once; the long one is cancelled through the SDK after 2 steps; then a 2-worker REST job with the SDK job's data
-    and hyperparameters gets both CPUs. (Ray job start-up costs tens of seconds here: overlap what can be.)"""
+    """Two jobs side by side (the head offers 3 CPUs): the SDK job asks for 2 Ray Train workers (`workers`, a tunery
+    field, through the SDK's `extra_body`) and a long 1-worker job is cancelled through the SDK after 2 steps. (A Ray
+    Train run costs about 25 CPU-seconds of Ray's own processes here before it trains: start as few as the checks
+    need, and overlap them.)"""
     from google.genai import types
 
     client = sdk(server.url)
@@ -229,9 +230,9 @@ def jobs(server, home, ray_head):
                               training_dataset=types.TuningDataset(gcs_uri=str(home / "data" / "train.jsonl")),
                               config=types.CreateTuningJobConfig(
                                   epoch_count=3, tuned_model_display_name="on-ray",
-                                  validation_dataset=types.TuningValidationDataset(gcs_uri=str(home / "data" / "val.jsonl"))))
+                                  validation_dataset=types.TuningValidationDataset(gcs_uri=str(home / "data" / "val.jsonl")),
+                                  http_options=types.HttpOptions(extra_body={"workers": 2})))
     long = create(server.url, home, epochs=60)
-    pair = create(server.url, home, epochs=3, workers=2)
     # live progress from the Ray worker reaches the job while it runs (tuningJobMetadata, as with local jobs)
     wait(server.url, long["name"], lambda j: int(j.get("tuningJobMetadata", {}).get("completedStepCount", 0)) >= 2)
     client.tunings.cancel(name=long["name"])
@@ -241,14 +242,13 @@ def jobs(server, home, ray_head):
     while ray_head.jobs()[sid] != "STOPPED" and time.monotonic() < deadline:
         time.sleep(0.5)
     stopped = ray_head.jobs()[sid]
-    first = wait(server.url, job.name, ended)
-    second = wait(server.url, pair["name"], ended)
-    return {"sdk": client.tunings.get(name=job.name), "one": first, "two": second, "cancelled": cancelled,
+    raw = wait(server.url, job.name, ended)
+    return {"sdk": client.tunings.get(name=job.name), "raw": raw, "cancelled": cancelled,
             "ray_status_after_cancel": stopped}
 
 
 def test_a_job_from_the_sdk_runs_on_ray_and_serves(jobs, server, home, ray_head):
-    job, raw = jobs["sdk"], jobs["one"]
+    job, raw = jobs["sdk"], jobs["raw"]
     assert job.state.name == "JOB_STATE_SUCCEEDED", (job.error, get(server.url, job.name))
     assert ray_head.jobs()[f"tunery-{job_id(job)}-a1"] == "SUCCEEDED"  # it ran as that Ray job
     records = mt.read_metrics(run_dir(home, raw) / "run")
@@ -261,7 +261,7 @@ def test_a_job_from_the_sdk_runs_on_ray_and_serves(jobs, server, home, ray_head)
                                            config={"max_output_tokens": 4})
     assert reply.text is not None
     logs = httpx.get(f"{server.url}/v1beta1/{job.name}/logs", timeout=30).json()
-    assert logs["executor"] == "ray" and "1 Ray Train worker(s)" in logs["logs"]
+    assert logs["executor"] == "ray" and "2 Ray Train worker(s)" in logs["logs"]
     from click.testing import CliRunner
 
     from tunery.cli_jobs import jobs_logs_cmd
@@ -270,17 +270,33 @@ def test_a_job_from_the_sdk_runs_on_ray_and_serves(jobs, server, home, ray_head)
     assert out.exit_code == 0 and f"Ray job tunery-{job_id(job)}-a1 (attempt 1)" in out.output, out.output[-2000:]
 
 
-def test_two_ray_train_workers_match_one(jobs, home):
+def test_two_ray_train_workers_match_one_process(jobs, home, tmp_path, monkeypatch):
     """Ray Train's process group under the same train(): each rank takes half of every batch and gradients are
-    summed, so 2 workers give the 1-worker losses (up to float reassociation), as the torchrun test checks."""
-    one, two = jobs["one"], jobs["two"]
+    summed, so the SDK job's 2 workers give the losses of one process training that job's config here, up to the
+    reassociation of sums split across ranks: in float32 (this AVX2 host) the largest difference was 9.5e-8 relative
+    (2026-12-07); 2e-3 is the torchrun test's bound for bf16 autocast (AMX hosts pick it), whose rounding Adam
+    amplifies. A rank stepping on its half-batch gradient alone would be off by far more."""
+    from tunery import device
+    from tunery.config import TuningConfig
+    from tunery.jobs.child import JOB_FILE
+    from tunery.train.engine import train
+
+    two = jobs["raw"]
+    run = run_dir(home, two)
+    manifest = json.loads((run / "run" / "manifest.json").read_text())
     assert two["state"] == "JOB_STATE_SUCCEEDED", two.get("error")
-    a, b = mt.read_metrics(run_dir(home, two) / "run"), mt.read_metrics(run_dir(home, one) / "run")
+    assert manifest["processes"] == 2
+    monkeypatch.setenv("TUNERY_PRECISION", manifest["precision"])  # the workers' measured choice, not a new one
+    device.pick.cache_clear()
+    try:
+        train(TuningConfig(**json.loads((run / JOB_FILE).read_text())["config"], output=str(tmp_path / "one")))
+    finally:
+        device.pick.cache_clear()
+    a, b = mt.read_metrics(run / "run"), mt.read_metrics(tmp_path / "one")
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
     assert [r[mt.TRAIN_PREDICTIONS] for r in a] == [r[mt.TRAIN_PREDICTIONS] for r in b]
     for x, y in zip(a, b):
         assert x[mt.TRAIN_LOSS] == pytest.approx(y[mt.TRAIN_LOSS], rel=2e-3)
-    assert json.loads((run_dir(home, two) / "run" / "manifest.json").read_text())["processes"] == 2
 
 
 # ---------------------------------------------------------------- failures
