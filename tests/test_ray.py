@@ -1,7 +1,8 @@
 """The Ray executor against a real local Ray cluster: `ray start --head` on 127.0.0.1 with token auth and 3 logical
-CPUs (a 2-worker job beside a 1-worker one on this 2-core machine), started once for this module and stopped by its PID. Jobs go in through the google-genai SDK and REST as usual and
-run as Ray jobs (Jobs API) of Ray Train; kills of the Ray worker and of `tunery serve` are survived; cancel stops
-the Ray job; a wrong token is refused. Resumes are checked on trained.jsonl (every step every process trained)."""
+CPUs (a 2-worker job beside a 1-worker one on this 2-core machine), started once for this module and stopped by its
+PID. Jobs go in through the google-genai SDK and REST as usual and run as Ray jobs (Jobs API) of Ray Train; kills of
+the Ray worker and of `tunery serve` are survived; cancel stops the Ray job; a wrong token is refused. Resumes are
+checked on trained.jsonl (every step every process trained)."""
 
 from __future__ import annotations
 
@@ -111,12 +112,10 @@ def server(home, ray_head):
         yield live
 
 
-def create(url: str, home: Path, epochs: int, workers: int | None = None, batch: int = 8) -> dict:
+def create(url: str, home: Path, epochs: int, batch: int = 8) -> dict:
     body = {"baseModel": "gemini-2.0-flash-001", "supervisedTuningSpec": {
         "trainingDatasetUri": str(home / "data" / "train.jsonl"),
         "hyperParameters": {"epochCount": epochs, "batchSize": batch}}}
-    if workers is not None:
-        body["workers"] = workers
     r = httpx.post(url + REST, json=body, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
