@@ -69,3 +69,52 @@ def test_a_killed_zygote_takes_its_jobs_with_it_and_the_next_job_gets_a_new_one(
     handle = executor.start(SimpleNamespace(id="c"), again)  # no job.json: ends at once
     assert executor._zygote is not first and handle.ref.wait(timeout=120) != 0
     executor._zygote.close()
+
+
+def test_executors_of_one_process_share_a_zygote_that_outlives_the_thread_that_started_it(tmp_path):
+    """A server's worker thread asks for the zygote; when that server stops (its thread ends) the zygote stays for
+    the next server of the process: PR_SET_PDEATHSIG would have killed one started from the ending thread."""
+    import threading
+
+    first: dict = {}
+
+    def server_thread() -> None:
+        executor = LocalExecutor(zygote=True)
+        run_dir = tmp_path / "a"
+        run_dir.mkdir()
+        handle = executor.start(SimpleNamespace(id="a"), run_dir)  # no job.json: ends at once
+        first["zygote"], first["code"] = executor._zygote, handle.ref.wait(timeout=120)
+
+    thread = threading.Thread(target=server_thread)
+    thread.start()
+    thread.join()
+    zygote = first["zygote"]
+    time.sleep(0.5)  # a death signal would have arrived by now
+    assert zygote.alive() and first["code"] != 0
+    executor = LocalExecutor(zygote=True)
+    run_dir = tmp_path / "b"
+    run_dir.mkdir()
+    handle = executor.start(SimpleNamespace(id="b"), run_dir)
+    assert executor._zygote is zygote and psutil.Process(handle.ref.pid).ppid() == zygote.proc.pid
+    assert handle.ref.wait(timeout=120) == first["code"]
+
+
+def test_a_relative_job_directory_means_the_same_forked_or_started_anew(tmp_path, monkeypatch):
+    """The forked process works in the server's current directory, as a process the server starts would, not in
+    the one the zygote started in."""
+    seen = {}
+    for forked in (True, False):
+        here = tmp_path / f"forked-{forked}"
+        (here / "job").mkdir(parents=True)
+        (here / "job" / "job.json").write_text(json.dumps({"config": {"train": "nowhere.jsonl"}}))
+        executor = LocalExecutor(zygote=forked)
+        (tmp_path / "elsewhere").mkdir(exist_ok=True)
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        executor.start(SimpleNamespace(id="first"), tmp_path).ref.wait(timeout=120)  # the zygote starts here
+        monkeypatch.chdir(here)
+        handle = executor.start(SimpleNamespace(id="job"), Path("job"))
+        code = handle.ref.wait(timeout=120)
+        result = here / "job" / "result.json"  # written only by a process that found job/job.json
+        seen[forked] = (code, json.loads(result.read_text())["error"] if result.exists() else _log(here / "job"))
+    assert seen[True] == seen[False] and seen[True][0] != 0, seen
+    assert seen[True][1]["message"].startswith("nowhere.jsonl: file not found"), seen

@@ -1,5 +1,5 @@
 """A process that imports torch, transformers and peft once, then forks each job's tuning process:
-`python -m tunery.jobs.zygote FD`, started by the local executor (tunery/jobs/executors/zygote.py).
+`python -m tunery.jobs.zygote FD`, started by the local executor (tunery/jobs/executors/local.py).
 
 A tuning process started fresh spends 4-6 s importing those libraries on a 2-core host before its first step; a
 fork of this process starts with them loaded. The forked process is what `python -m tunery.jobs.child RUN_DIR` would
@@ -7,7 +7,7 @@ be: the job's environment (sent whole with each request), its output on the pipe
 this process dies, which dies with the server. Children are reaped here and their exit statuses sent back.
 
 Protocol on the Unix socket FD (SOCK_SEQPACKET), one JSON object per message each way: {"ready": pid} first; then
-{"id", "run_dir", "env"} with one file descriptor attached (the write end of the job's output pipe) -> {"id", "pid"};
+{"id", "run_dir", "env", "cwd"} with one file descriptor attached (the write end of the job's output pipe) -> {"id", "pid"};
 and {"pid", "status"} when a child ends (`status` as Popen's returncode: the exit code, or minus the signal).
 """
 
@@ -43,7 +43,7 @@ def _reap(sock: socket.socket) -> None:
         _send(sock, {"pid": pid, "status": _status(raw)})
 
 
-def _child(sock: socket.socket, out_fd: int, run_dir: str, env: dict[str, str]) -> None:
+def _child(sock: socket.socket, out_fd: int, run_dir: str, env: dict[str, str], cwd: str | None) -> None:
     """In the forked process: become the job's tuning process, and never return."""
     code = 1
     try:
@@ -57,6 +57,8 @@ def _child(sock: socket.socket, out_fd: int, run_dir: str, env: dict[str, str]) 
         os.close(devnull)
         os.environ.clear()
         os.environ.update(env)
+        if cwd:
+            os.chdir(cwd)  # the server's directory now, as a process it started would have
         from tunery.jobs import child
 
         sys.argv = ["tunery.jobs.child", run_dir]
@@ -94,7 +96,7 @@ def serve(sock: socket.socket) -> None:
         env = {**request["env"], PARENT_ENV: str(os.getpid())}  # the child's parent is this process
         pid = os.fork()
         if pid == 0:
-            _child(sock, fds[0], request["run_dir"], env)
+            _child(sock, fds[0], request["run_dir"], env, request.get("cwd"))
         os.close(fds[0])
         _send(sock, {"id": request["id"], "pid": pid})
 

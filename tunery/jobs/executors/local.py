@@ -2,13 +2,21 @@
 (a child of the server that has imported torch, transformers and peft once: tunery/jobs/zygote.py), or, where the
 zygote cannot run (TUNERY_JOB_ZYGOTE=0, or it failed to start), `python -m tunery.jobs.child RUN_DIR` started anew.
 Either way the process dies with the server, its output goes to RUN_DIR/log.txt, and it is polled, signalled and
-killed by its PID."""
+killed by its PID.
+
+One zygote serves every local executor of a process that starts it with the same interpreter and environment (a
+server stopped and started again in one process, or many in a test run): its imports cost 5-6 CPU-seconds, paid once.
+The environment a job needs is sent whole with each request, so only what is read while importing (the allocator,
+OpenMP, Hugging Face and tqdm settings: everything but TUNERY_*, which tunery reads when it runs) tells zygotes apart.
+It is started from a thread that lives as long as the process, because PR_SET_PDEATHSIG fires when the *thread*
+that started a process ends: it dies with the process, not with the server that asked for it first."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -82,7 +90,7 @@ class LocalExecutor:
         for _ in range(2):  # a zygote that died (killed, out of memory) is replaced once
             if self._zygote is None or not self._zygote.alive():
                 try:
-                    self._zygote = Zygote(self.python, env)
+                    self._zygote = shared_zygote(self.python, env)
                 except ZygoteError as exc:
                     log.warning("job processes start without the preloaded zygote: %s", exc)
                     self.zygote, self._zygote = False, None
@@ -136,6 +144,46 @@ class ZygoteError(Exception):
     pass
 
 
+_zygotes: dict[tuple, "Zygote"] = {}
+_zygotes_lock = threading.Lock()
+_keeper: "tuple[int, queue.SimpleQueue] | None" = None  # (the pid it belongs to, its requests)
+
+
+def shared_zygote(python: str, env: dict[str, str]) -> "Zygote":
+    """This process's zygote for `python` and the import-time part of `env`: the running one, or a new one."""
+    key = (os.getpid(), python, tuple(sorted((k, v) for k, v in env.items() if not k.startswith("TUNERY_"))))
+    with _zygotes_lock:
+        zygote = _zygotes.get(key)
+        if zygote is None or not zygote.alive():
+            if zygote is not None:
+                zygote.close()
+            zygote = _zygotes[key] = _on_keeper(lambda: Zygote(python, env))
+        return zygote
+
+
+def _on_keeper(make):
+    """Run `make` on the thread that starts zygotes (one per process, started on first use, never ending)."""
+    global _keeper
+    if _keeper is None or _keeper[0] != os.getpid():  # a forked copy of this process starts its own
+
+        def serve(requests: queue.SimpleQueue) -> None:
+            while True:
+                fn, answer = requests.get()
+                try:
+                    answer.put((True, fn()))
+                except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+                    answer.put((False, exc))
+
+        _keeper = (os.getpid(), queue.SimpleQueue())
+        threading.Thread(target=serve, args=(_keeper[1],), name="tunery-zygotes", daemon=True).start()
+    answer: queue.SimpleQueue = queue.SimpleQueue()
+    _keeper[1].put((make, answer))
+    ok, value = answer.get()
+    if not ok:
+        raise value
+    return value
+
+
 class Zygote:
     """The server's end of tunery/jobs/zygote.py: starts it, asks it for processes, hears how they end."""
 
@@ -182,7 +230,8 @@ class Zygote:
         with self.cond:
             request, self._next = self._next, self._next + 1
         try:
-            socket.send_fds(self.sock, [json.dumps({"id": request, "run_dir": str(run_dir), "env": env}).encode()],
+            socket.send_fds(self.sock, [json.dumps({"id": request, "run_dir": str(run_dir), "env": env,
+                                                    "cwd": os.getcwd()}).encode()],
                             [write])
         except OSError as exc:
             os.close(read)
