@@ -71,9 +71,10 @@ def test_a_killed_zygote_takes_its_jobs_with_it_and_the_next_job_gets_a_new_one(
     executor._zygote.close()
 
 
-def test_executors_of_one_process_share_a_zygote_that_outlives_the_thread_that_started_it(tmp_path):
+def test_executors_of_one_process_share_a_zygote_that_outlives_the_thread_that_started_it(tmp_path, monkeypatch):
     """A server's worker thread asks for the zygote; when that server stops (its thread ends) the zygote stays for
-    the next server of the process: PR_SET_PDEATHSIG would have killed one started from the ending thread."""
+    the next server of the process (with another home: tunery's settings are read when a job runs, not at import):
+    PR_SET_PDEATHSIG would have killed one started from the ending thread."""
     import threading
 
     first: dict = {}
@@ -91,6 +92,7 @@ def test_executors_of_one_process_share_a_zygote_that_outlives_the_thread_that_s
     zygote = first["zygote"]
     time.sleep(0.5)  # a death signal would have arrived by now
     assert zygote.alive() and first["code"] != 0
+    monkeypatch.setenv("TUNERY_HOME", str(tmp_path / "another-home"))
     executor = LocalExecutor(zygote=True)
     run_dir = tmp_path / "b"
     run_dir.mkdir()

@@ -6,8 +6,8 @@ killed by its PID.
 
 One zygote serves every local executor of a process that starts it with the same interpreter and environment (a
 server stopped and started again in one process, or many in a test run): its imports cost 5-6 CPU-seconds, paid once.
-The environment a job needs is sent whole with each request, so only what is read while importing (the allocator,
-OpenMP, Hugging Face and tqdm settings: everything but TUNERY_*, which tunery reads when it runs) tells zygotes apart.
+The environment a job needs is sent whole with each request, so only what libraries read while they import tells
+zygotes apart (IMPORT_ENV: the allocator, OpenMP and BLAS, torch, Hugging Face, tqdm, Python's own settings).
 It is started from a thread that lives as long as the process, because PR_SET_PDEATHSIG fires when the *thread*
 that started a process ends: it dies with the process, not with the server that asked for it first."""
 
@@ -144,6 +144,9 @@ class ZygoteError(Exception):
     pass
 
 
+IMPORT_ENV = ("LD_", "MALLOC_", "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "TORCH", "PYTORCH_", "CUDA_", "NVIDIA_",
+              "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_", "TQDM_", "PYTHON", "PATH", "HOME", "XDG_", "TMPDIR",
+              "LANG", "LC_")  # prefixes of the variables read at import time
 _zygotes: dict[tuple, "Zygote"] = {}
 _zygotes_lock = threading.Lock()
 _keeper: "tuple[int, queue.SimpleQueue] | None" = None  # (the pid it belongs to, its requests)
@@ -151,7 +154,7 @@ _keeper: "tuple[int, queue.SimpleQueue] | None" = None  # (the pid it belongs to
 
 def shared_zygote(python: str, env: dict[str, str]) -> "Zygote":
     """This process's zygote for `python` and the import-time part of `env`: the running one, or a new one."""
-    key = (os.getpid(), python, tuple(sorted((k, v) for k, v in env.items() if not k.startswith("TUNERY_"))))
+    key = (os.getpid(), python, tuple(sorted((k, v) for k, v in env.items() if k.startswith(IMPORT_ENV))))
     with _zygotes_lock:
         zygote = _zygotes.get(key)
         if zygote is None or not zygote.alive():
