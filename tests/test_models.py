@@ -158,3 +158,31 @@ def test_resolve_allowed_keeps_names_aliases_and_hub_ids(tmp_path, tiny_model_di
     assert models.resolve_allowed(hub_id, [], settings).kind == "hub"
     with pytest.raises(ModelNotFoundError, match=f"unknown base model '{tiny_model_dir.name}'"):
         models.resolve_allowed(tiny_model_dir.name, [], settings)
+
+
+def test_a_cache_asked_for_twice_at_once_is_built_once_and_a_failed_build_leaves_nothing(tmp_path):
+    """Two test workers, or a server and a CLI command, extracting the same model: the second waits for the
+    first (a file lock, so processes too) and finds the directory built."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    target, builds, inside = tmp_path / "cache" / "model", [], threading.Semaphore(2)
+
+    def build(tmp):
+        assert inside.acquire(blocking=False)  # never two builders at once
+        builds.append(tmp.name)
+        time.sleep(0.3)
+        (tmp / "weights").write_text("w")
+        inside.release()
+
+    def failing(tmp):
+        (tmp / "half").write_text("h")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        models._materialize(target, failing)
+    assert not target.exists() and [p.name for p in target.parent.iterdir()] == [".model.lock"]
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda _: models._materialize(target, build), range(2)))
+    assert got == [target, target] and len(builds) == 1 and (target / "weights").read_text() == "w"

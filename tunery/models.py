@@ -10,6 +10,8 @@ Gemini names (`gemini-2.0-flash-001`, ...) are aliases of the configured default
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import importlib
@@ -21,6 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from tokenizers import Tokenizer
@@ -229,20 +232,37 @@ def _cache_root(spec: BaseModelSpec, sha: str) -> Path:
     return home() / "models" / f"{safe}-{sha[:12]}"
 
 
+@contextlib.contextmanager
+def one_builder(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside `target` while it is built: a second process or thread asking for the same
+    cache at the same time (a server and a CLI command, two test workers) waits for the first and finds it built,
+    instead of spending the same seconds beside it. The kernel drops the lock if its holder dies."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _materialize(target: Path, build) -> Path:
-    """Build a cache directory atomically: into a temp dir, then rename. A half-built dir is never visible."""
+    """Build a cache directory once and atomically: into a temp dir, then rename. A half-built dir is never
+    visible, and two builders of the same one run one after the other (the second finds it done)."""
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if not target.is_dir():  # a real failure, not a concurrent builder winning the rename
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with one_builder(target):
+        if target.is_dir():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            build(tmp)
+            os.replace(tmp, target)
+        except OSError:
+            if not target.is_dir():  # a real failure, not a builder outside the lock winning the rename
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

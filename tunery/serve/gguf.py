@@ -55,8 +55,10 @@ def base_gguf(spec: models.BaseModelSpec, dtype: str = "f16") -> Path:
     source, sha = models.verified_gguf(spec)
     target = models._cache_root(spec, sha) / f"model-{dtype}-v{_VERSION}.gguf"
     if not target.is_file():
-        log.info("writing %s at %s for llama.cpp (once)", source.name, dtype)
-        write_file(target, lambda tmp: _dequantized(source, tmp, dtype))
+        with models.one_builder(target):
+            if not target.is_file():
+                log.info("writing %s at %s for llama.cpp (once)", source.name, dtype)
+                write_file(target, lambda tmp: _dequantized(source, tmp, dtype))
     return target
 
 

@@ -9,7 +9,8 @@ server stopped and started again in one process, or many in a test run): its imp
 The environment a job needs is sent whole with each request, so only what libraries read while they import tells
 zygotes apart (IMPORT_ENV: the allocator, OpenMP and BLAS, torch, Hugging Face, tqdm, Python's own settings).
 It is started from a thread that lives as long as the process, because PR_SET_PDEATHSIG fires when the *thread*
-that started a process ends: it dies with the process, not with the server that asked for it first."""
+that started a process ends: it dies with the process, not with the server that asked for it first. (A forked job's
+/proc/PID/environ shows the zygote's starting environment; the job itself runs with its own: os.environ, getenv.)"""
 
 from __future__ import annotations
 
@@ -144,9 +145,9 @@ class ZygoteError(Exception):
     pass
 
 
-IMPORT_ENV = ("LD_", "MALLOC_", "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "TORCH", "PYTORCH_", "CUDA_", "NVIDIA_",
-              "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_", "TQDM_", "PYTHON", "PATH", "HOME", "XDG_", "TMPDIR",
-              "LANG", "LC_")  # prefixes of the variables read at import time
+IMPORT_ENV = ("LD_", "MALLOC_", "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "ONEDNN_", "DNNL_", "TORCH", "PYTORCH_",
+              "CUDA_", "NVIDIA_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_", "TQDM_", "PYTHON", "PATH", "HOME",
+              "XDG_", "TMPDIR", "LANG", "LC_")  # prefixes of the variables read at import time
 _zygotes: dict[tuple, "Zygote"] = {}
 _zygotes_lock = threading.Lock()
 _keeper: "tuple[int, queue.SimpleQueue] | None" = None  # (the pid it belongs to, its requests)
