@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,18 +189,33 @@ def _rewrite(source: Path, out: Path, dtype: str, change: Callable[[str, np.ndar
         f.write(infos)
         f.write(b"\0" * (-f.tell() % align))
         for t, kind, size in zip(layout.tensors, kinds, sizes):
-            block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.kind)]
-            row_bytes = t.dims[0] // block * type_size
-            rows = int(np.prod(t.dims[1:])) if len(t.dims) > 1 else 1
-            start = layout.data_start + t.offset
-            w = gguf.dequantize(raw[start:start + rows * row_bytes].reshape(rows, row_bytes), gguf.GGMLQuantizationType(t.kind))
-            w = w.reshape(tuple(reversed(t.dims)))
+            w = _dequantize(raw, layout, t)
             if change is not None:
                 w = change(t.name, w)
             data = (w.astype(np.float16) if kind == f16 else w.astype(np.float32)).tobytes()
             assert len(data) == size
             f.write(data)
             f.write(b"\0" * (-size % align))
+
+
+def _dequantize(raw: np.ndarray, layout: _Layout, t: _Tensor) -> np.ndarray:
+    """A tensor's weights in float32, shaped as numpy (and torch) order them: the row length last."""
+    import gguf
+
+    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.kind)]
+    row_bytes = t.dims[0] // block * type_size
+    rows = int(np.prod(t.dims[1:])) if len(t.dims) > 1 else 1
+    start = layout.data_start + t.offset
+    w = gguf.dequantize(raw[start:start + rows * row_bytes].reshape(rows, row_bytes), gguf.GGMLQuantizationType(t.kind))
+    return w.reshape(tuple(reversed(t.dims)))
+
+
+def tensors(path: Path) -> tuple[dict[str, Any], Iterator[tuple[str, np.ndarray]]]:
+    """A GGUF file's scalar metadata, and its tensors one at a time, dequantized to float32 (what transformers'
+    GGUF loader reads, without building a numpy view per vocabulary entry first)."""
+    layout = _layout(path)
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    return layout.kv, ((t.name, _dequantize(raw, layout, t)) for t in layout.tensors)
 
 
 def _write(writer: Any) -> None:
