@@ -8,7 +8,8 @@ this process dies, which dies with the server. Children are reaped here and thei
 
 Protocol on the Unix socket FD (SOCK_SEQPACKET), one JSON object per message each way: {"ready": pid} first; then
 {"id", "run_dir", "env", "cwd"} with one file descriptor attached (the write end of the job's output pipe) ->
-{"id", "pid"}; and {"pid", "status"} when a child ends (`status` as Popen's returncode: the exit code, or minus the signal).
+{"id", "pid"}; and {"pid", "status"} when a child ends (`status` as Popen's returncode: the exit code, or minus the
+signal).
 """
 
 from __future__ import annotations

@@ -145,9 +145,9 @@ class ZygoteError(Exception):
     pass
 
 
-IMPORT_ENV = ("LD_", "MALLOC_", "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "ONEDNN_", "DNNL_", "TORCH", "PYTORCH_",
-              "CUDA_", "NVIDIA_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_", "TQDM_", "PYTHON", "PATH", "HOME",
-              "XDG_", "TMPDIR", "LANG", "LC_")  # prefixes of the variables read at import time
+IMPORT_ENV = ("LD_", "MALLOC_", "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "ONEDNN_", "DNNL_", "TORCH",
+              "PYTORCH_", "CUDA_", "NVIDIA_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_", "TQDM_", "PYTHON",
+              "PATH", "HOME", "XDG_", "TMPDIR", "LANG", "LC_")  # prefixes of the variables read at import time
 _zygotes: dict[tuple, "Zygote"] = {}
 _zygotes_lock = threading.Lock()
 _keeper: "tuple[int, queue.SimpleQueue] | None" = None  # (the pid it belongs to, its requests)
